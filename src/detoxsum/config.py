@@ -29,6 +29,9 @@ class BaseConfig:
     prompt: str = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
     max_source_tokens: int = 384
     max_target_tokens: int = 96
+    # bfloat16 autocast for training and generation: ~2.4x faster on CPUs with AVX512-BF16/AMX
+    # (measured on this project's 2-core EPYC), and the usual choice on GPUs.
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         _require("{dialogue}" in self.prompt, "base.prompt", "must contain the placeholder {dialogue}")
@@ -91,10 +94,9 @@ class TrainLoraConfig:
     batch_size: int = 8
     grad_accum: int = 1
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
+    warmup_steps: float = 0.0  # an int counts steps, a float in [0, 1) is a fraction of all steps
     logging_steps: int = 5
     eval_steps: int = 10
-    bf16: bool = False
 
     def __post_init__(self) -> None:
         _require(self.r > 0, "train_lora.r", "must be > 0")
@@ -142,11 +144,74 @@ class EvaluateConfig:
         _require(len(set(names)) == len(names), "evaluate.toxicity_classifiers", "names must be unique")
 
 
+@dataclass(frozen=True)
+class RewardSpec:
+    """The PPO reward model. profanity-check: reward = -P(toxic). hf: the logit (or probability) of
+    `label`, e.g. `nothate` for facebook/roberta-hate-speech-dynabench-r4-target."""
+
+    kind: str = "profanity-check"  # or "hf"
+    model: str | None = None
+    label: str | None = None
+    output: str = "logit"  # hf only: "logit" or "prob" of `label`
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("profanity-check", "hf"), "train_ppo.reward.kind",
+                 f"must be 'profanity-check' or 'hf', got {self.kind!r}")
+        _require(self.output in ("logit", "prob"), "train_ppo.reward.output", "must be 'logit' or 'prob'")
+        if self.kind == "hf":
+            _require(bool(self.model) and bool(self.label), "train_ppo.reward", "kind 'hf' needs 'model' and 'label'")
+
+
+@dataclass(frozen=True)
+class TrainPPOConfig:
+    steps: int = 8  # PPO iterations, each one rollout batch + its update
+    batch_size: int = 8  # prompts per rollout
+    minibatch_size: int = 4
+    ppo_epochs: int = 2
+    lr: float = 1e-4
+    r: int = 16
+    alpha: int = 32
+    target_modules: list[str] | None = None
+    max_new_tokens: int = 48
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    kl_coef: float = 0.05  # initial beta of the per-token KL penalty
+    adaptive_kl: bool = True
+    target_kl: float = 6.0  # adaptive controller target (Ziegler et al. 2019)
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False
+    reward_clip: float | None = None
+    max_grad_norm: float = 1.0
+    early_stop_approx_kl: float | None = 1.0  # stop the epoch loop once approx KL exceeds this
+    reward: RewardSpec = field(default_factory=RewardSpec)
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "r", "alpha", "max_new_tokens"):
+            _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
+        _require(self.batch_size % self.minibatch_size == 0, "train_ppo.minibatch_size",
+                 f"must divide train_ppo.batch_size ({self.batch_size})")
+        _require(self.lr > 0, "train_ppo.lr", "must be > 0")
+        _require(0 < self.gamma <= 1, "train_ppo.gamma", "must be in (0, 1]")
+        _require(0 <= self.lam <= 1, "train_ppo.lam", "must be in [0, 1]")
+        for key in ("clip_range", "clip_range_value", "target_kl", "max_grad_norm"):
+            _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
+        _require(self.kl_coef >= 0, "train_ppo.kl_coef", "must be >= 0")
+        _require(self.kl_horizon > 0, "train_ppo.kl_horizon", "must be > 0")
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.batch_size // self.minibatch_size
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "base": BaseConfig,
     "fetch": FetchConfig,
     "filter": FilterConfig,
     "train_lora": TrainLoraConfig,
+    "train_ppo": TrainPPOConfig,
     "evaluate": EvaluateConfig,
 }
 

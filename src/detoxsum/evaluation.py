@@ -42,7 +42,7 @@ def summarize(model_dir: Path, adapters: list[Path], dialogues: list[str], base:
     model.to(device())
     prompts = [fit_dialogue(tokenizer, family, base.prompt, d, base.max_source_tokens) for d in dialogues]
     return generate_summaries(model, tokenizer, family, prompts, cfg.batch_size, cfg.max_new_tokens,
-                              cfg.num_beams, desc=desc)
+                              cfg.num_beams, bf16=base.bf16, desc=desc)
 
 
 def score_summaries(summaries: list[str], references: list[list[str]], scorers: list[ToxicityScorer]) -> dict:

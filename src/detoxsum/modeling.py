@@ -237,6 +237,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast(device_: torch.device, enabled: bool):
+    """bfloat16 autocast on the model's device type (weights stay fp32)."""
+    return torch.autocast(device_.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 @torch.no_grad()
 def generate_summaries(
     model,
@@ -246,6 +251,7 @@ def generate_summaries(
     batch_size: int,
     max_new_tokens: int,
     num_beams: int = 1,
+    bf16: bool = False,
     desc: str = "generate",
 ) -> list[str]:
     """Greedy/beam generation in batches; returns the decoded responses, cut at the end of turn."""
@@ -254,14 +260,15 @@ def generate_summaries(
     summaries: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         batch = pad_prompts(tokenizer, family, prompts[start : start + batch_size], model.device)
-        generated = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        with autocast(model.device, bf16):
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         responses = family.response_ids(generated, batch["input_ids"].shape[1])
         summaries.extend(decode_responses(tokenizer, responses, stops))
     return summaries

@@ -38,7 +38,7 @@ def main() -> None:
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
     with tempfile.TemporaryDirectory(prefix="detoxsum-trainer-") as work_dir:
         peft_model, metrics = train_lora(
-            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed,
+            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, base.bf16,
             Path(work_dir), callbacks=[DVCLiveCallback(live=live)],
         )
     with atomic_dir(ADAPTER_DIR) as tmp:
