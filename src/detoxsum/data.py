@@ -129,11 +129,13 @@ def normalise_columns(frame: pd.DataFrame, cfg: FetchConfig, origin: str) -> Dat
 def complete_splits(splits: dict[str, Dataset], cfg: FetchConfig, seed: int) -> dict[str, Dataset]:
     """Carve missing validation/test splits out of train (or out of a single unsplit file)."""
     pool = splits.pop("all", None) or splits.pop("train")
+    total = len(pool)
     for name, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
         if name not in splits:
             if len(pool) < 3:
                 raise DataError(f"fetch.dataset: too few rows ({len(pool)}) to carve out a {name} split")
-            parts = pool.train_test_split(test_size=fraction, seed=seed)
+            size = max(1, round(total * fraction))  # a fraction of all rows, not of what is left
+            parts = pool.train_test_split(test_size=size, seed=seed)
             pool, splits[name] = parts["train"], parts["test"]
     splits["train"] = pool
     return splits

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+from transformers.integrations import DVCLiveCallback
 
 from detoxsum.config import TrainLoraConfig
 from detoxsum.errors import ParamsError
@@ -27,6 +29,19 @@ DEFAULT_TARGETS = {
     "bart": ["q_proj", "v_proj"],
     "gpt2": ["c_attn"],
 }
+
+
+class StepAlignedDVCLiveCallback(DVCLiveCallback):
+    """DVCLive logging whose x axis is the trainer's global step.
+
+    The stock callback advances DVCLive's step once per log call, so train and eval points logged
+    at the same optimizer step land on different x values; pinning the step keeps curves aligned.
+    """
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if self.live is not None:
+            self.live.step = state.global_step
+        super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
 
 def lora_targets(model, configured: list[str] | None) -> list[str]:
@@ -83,6 +98,7 @@ def train_lora(
         eval_steps=cfg.eval_steps,
         save_strategy="no",
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # transformers requires it for bf16 on a CPU
         seed=seed,
         data_seed=seed,
         report_to="none",

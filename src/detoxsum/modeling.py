@@ -57,6 +57,19 @@ class EncoderDecoder:
     def response_ids(self, generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
         return generated[:, 1:]  # drop the decoder start token
 
+    def forward_response(self, model, prompt_ids, prompt_mask, response_ids, response_mask):
+        """Logits [B, T, V] that score each response token, and the decoder's last hidden states
+        [B, T, H] at the positions that predict them (teacher forcing: start token + response[:-1]).
+
+        The decoder is causal, so tokens after a response's end cannot change earlier positions and
+        `response_mask` is not needed here.
+        """
+        start = torch.full_like(response_ids[:, :1], model.config.decoder_start_token_id)
+        decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
+        outputs = model(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_input_ids,
+                        output_hidden_states=True, use_cache=False)
+        return outputs.logits, outputs.decoder_hidden_states[-1]
+
 
 @dataclass(frozen=True)
 class DecoderOnly:
@@ -84,6 +97,21 @@ class DecoderOnly:
 
     def response_ids(self, generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
         return generated[:, prompt_length:]
+
+    def forward_response(self, model, prompt_ids, prompt_mask, response_ids, response_mask):
+        """Logits [B, T, V] that score each response token, and the last hidden states [B, T, H] at
+        the positions that predict them: prompt_len-1 ... prompt_len+T-2 of prompt + response.
+
+        Prompts are left-padded, so position ids count only real tokens (as generate does);
+        `logits_to_keep` projects just the T+1 last positions onto the vocabulary.
+        """
+        input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        length = response_ids.shape[1]
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        output_hidden_states=True, use_cache=False, logits_to_keep=length + 1)
+        return outputs.logits[:, :-1], outputs.hidden_states[-1][:, -(length + 1) : -1]
 
 
 Family = EncoderDecoder | DecoderOnly

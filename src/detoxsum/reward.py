@@ -3,6 +3,9 @@
 - `profanity-check` (alt-profanity-check): a small sklearn model shipped on PyPI; offline default.
 - `hf`: any Hugging Face sequence classifier by Hub id or local path; the score is the softmax
   probability of the configured label (e.g. `hate` for facebook/roberta-hate-speech-dynabench-r4-target).
+
+PPO's reward model (`build_reward_model`) sits on the same scorers but returns a tensor from
+`rewards(texts)`, higher meaning less toxic.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from detoxsum.config import ClassifierSpec
+from detoxsum.config import ClassifierSpec, RewardSpec
 from detoxsum.errors import ModelLoadError, ParamsError
 
 
@@ -67,3 +70,44 @@ def build_scorer(spec: ClassifierSpec) -> ToxicityScorer:
     if spec.kind == "profanity-check":
         return ProfanityCheckScorer(spec.name)
     return HFClassifierScorer(spec.name, spec.model, spec.label)
+
+
+# --- PPO reward models ---------------------------------------------------------------------------
+
+
+class RewardModel(Protocol):
+    def rewards(self, texts: list[str]) -> torch.Tensor: ...
+
+
+class ProfanityReward:
+    """reward = -P(toxic) from profanity-check, in [-1, 0]."""
+
+    def __init__(self):
+        self.scorer = ProfanityCheckScorer()
+
+    def rewards(self, texts: list[str]) -> torch.Tensor:
+        return -torch.tensor(self.scorer.score(list(texts)), dtype=torch.float32)
+
+
+class ClassifierLabelReward:
+    """reward = the logit (or softmax probability) of a non-toxic label of a Hugging Face classifier.
+
+    The logit is the default because, unlike a probability, it does not saturate: the policy still
+    gets a signal on texts the classifier already calls non-toxic.
+    """
+
+    def __init__(self, model: str, label: str, output: str = "logit"):
+        self.scorer = HFClassifierScorer("reward", model, label)
+        self.output = output
+
+    def rewards(self, texts: list[str]) -> torch.Tensor:
+        logits = self.scorer.logits(list(texts))
+        if self.output == "prob":
+            return logits.softmax(-1)[:, self.scorer.label_index]
+        return logits[:, self.scorer.label_index]
+
+
+def build_reward_model(spec: RewardSpec) -> RewardModel:
+    if spec.kind == "profanity-check":
+        return ProfanityReward()
+    return ClassifierLabelReward(spec.model, spec.label, spec.output)

@@ -11,11 +11,10 @@ from pathlib import Path
 from datasets import load_from_disk
 from dvclive import Live
 from transformers import set_seed
-from transformers.integrations import DVCLiveCallback
 
 from detoxsum.config import load_stage_config
 from detoxsum.errors import DataError
-from detoxsum.lora import train_lora
+from detoxsum.lora import StepAlignedDVCLiveCallback, train_lora
 from detoxsum.modeling import device, load_model
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
 
@@ -39,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="detoxsum-trainer-") as work_dir:
         peft_model, metrics = train_lora(
             model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, base.bf16,
-            Path(work_dir), callbacks=[DVCLiveCallback(live=live)],
+            Path(work_dir), callbacks=[StepAlignedDVCLiveCallback(live=live)],
         )
     with atomic_dir(ADAPTER_DIR) as tmp:
         peft_model.save_pretrained(tmp)

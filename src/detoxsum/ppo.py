@@ -1,0 +1,464 @@
+"""PPO with a per-token KL penalty (RLHF) that makes the summarizer less toxic, for either family.
+
+The algorithm is Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"
+(arXiv:1909.08593): the reward of a sampled summary is a reward-model score of its text, placed at
+its last token, minus beta * (log pi - log pi_ref) at every token, with beta fixed or steered
+towards a target KL by their adaptive controller. The engineering follows Huang, Liu & von Werra,
+"The N Implementation Details of RLHF with PPO" (Hugging Face blog 2023, ICLR 2024 Blogposts):
+log-probs recomputed in a forward pass rather than taken from generate; dropout off so those
+log-probs are deterministic; GAE over response tokens; advantages whitened over the batch;
+clipped policy and value losses; several epochs of shuffled minibatches; a zero-initialised value
+head; Adam with eps 1e-5.
+
+Why hand-written: trl >= 1.13 removed PPOTrainer and AutoModelForSeq2SeqLMWithValueHead (PR #7020),
+and its remaining online trainers (GRPO, RLOO) slice completions out of prompt+completion
+sequences, which does not fit encoder-decoder models such as FLAN-T5. No code is taken from trl or
+elsewhere; architecture differences stay behind `Family.forward_response` (modeling.py).
+
+One model plays three parts: the SFT model with its LoRA adapter merged is the reference policy,
+a fresh LoRA adapter on top is the policy, and `with policy.disable_adapter():` switches back to the
+reference. The fresh adapter's B matrices are zero, so at the first step pi == pi_ref exactly.
+
+Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
+
+    ppo = build_ppo_model(model_dir, [sft_adapter_dir], cfg, bf16=True)
+    history = train_ppo(ppo, render_prompts(dialogues, ppo, base), reward_fn, cfg, seed=42)
+    save_ppo_model(ppo, out_dir)   # loads back with load_with_adapters(model_dir, [sft_dir, out_dir])
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from detoxsum.config import BaseConfig, TrainPPOConfig
+from detoxsum.errors import DataError
+from detoxsum.lora import attach_lora, lora_targets
+from detoxsum.modeling import Family, autocast, fit_dialogue, load_model, load_with_adapters, pad_prompts, stop_token_ids
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+ADAM_EPS = 1e-5  # TensorFlow's Adam epsilon as in lm-human-preferences; PyTorch's 1e-8 updates more aggressively
+
+# texts -> one reward per text, shape [B]; a RewardModel's `rewards`, or any function in tests.
+RewardFn = Callable[[list[str]], torch.Tensor]
+
+
+# --- pure helpers: masked statistics, GAE, log-probs, losses, KL control -----------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `values` where `mask` is 1 (over all elements, or along `dim`)."""
+    if dim is None:
+        return (values * mask).sum() / mask.sum()
+    return (values * mask).sum(dim) / mask.sum(dim)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of `values` where `mask` is 1; Bessel-corrected when `unbiased`."""
+    centred = values - masked_mean(values, mask)
+    variance = masked_mean(centred**2, mask)
+    if unbiased:
+        count = mask.sum()
+        variance = variance * count / (count - 1).clamp(min=1)
+    return variance
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Scale to unit variance over the masked elements, and to zero mean when `shift_mean`."""
+    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def response_mask_until_stop(response_ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """1.0 up to and including each row's first stop token, 0.0 after it (float mask [B, T])."""
+    is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device)).long()
+    stops_before = is_stop.cumsum(1) - is_stop
+    return (stops_before == 0).float()
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns (Schulman et al. 2016) per response token.
+
+    Rewards and values past a response's end are zeroed first, so the value after the last token
+    is 0 and nothing leaks backwards from padding.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    returns = advantages + values
+    return advantages * mask, returns * mask
+
+
+def logprobs_from_logits(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token) for each position, computed in float32."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, in float32."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Per-token rewards: -beta * (log pi - log pi_ref) everywhere, plus the score at the last token."""
+    rewards = -beta * (logprobs - ref_logprobs) * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate loss and the fraction of tokens where the clip was active."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_fraction
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss, 0.5 * max of the squared errors, and the fraction where the clip was active."""
+    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
+    return loss, clip_fraction
+
+
+def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """0.5 * E[(log pi - log pi_old)^2], a low-variance estimate of KL(pi_old || pi) for small steps."""
+    return 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019, eq. 2: beta <- beta * (1 + e * n / horizon), e = clip(KL / target - 1, +-0.2).
+
+    `n` is the number of samples behind the KL estimate, so the adjustment per sample is the same
+    whatever the batch size.
+    """
+
+    def __init__(self, init_beta: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_beta, target, horizon
+
+    def update(self, current_kl: float, n_samples: int) -> None:
+        proportional_error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + proportional_error * n_samples / self.horizon
+
+
+class FixedKLController:
+    def __init__(self, beta: float):
+        self.value = beta
+
+    def update(self, current_kl: float, n_samples: int) -> None:
+        pass
+
+
+def kl_controller(cfg: TrainPPOConfig) -> AdaptiveKLController | FixedKLController:
+    if cfg.adaptive_kl:
+        return AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+    return FixedKLController(cfg.kl_coef)
+
+
+# --- the model: LoRA policy (reference = adapter disabled) and a value head --------------------------
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w . h_t + b on the last hidden state. Zero-initialised (as in lm-human-preferences),
+    so the first values are 0 and the first advantages are the discounted rewards."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden).squeeze(-1)
+
+
+@dataclass
+class PPOModel:
+    policy: PeftModel  # under `policy.disable_adapter()` it is the reference policy
+    value_head: ValueHead
+    tokenizer: object
+    family: Family
+    bf16: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.linear.weight.device
+
+    def to(self, device_: torch.device) -> PPOModel:
+        self.policy.to(device_)
+        self.value_head.to(device_)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        adapter = [p for p in self.policy.parameters() if p.requires_grad]
+        return adapter + list(self.value_head.parameters())
+
+
+def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: TrainPPOConfig,
+                    bf16: bool = False) -> PPOModel:
+    """Base model with the SFT adapter(s) merged, a fresh PPO LoRA adapter on top, and a value head.
+
+    Dropout is zeroed in the config (T5's attention dropout is a float there, not a module), so the
+    log-probs of the rollout and of the update come from the same function.
+    """
+    if sft_adapters:
+        merged, tokenizer, family = load_with_adapters(model_dir, sft_adapters, no_dropout=True)
+        merged = merged.merge_and_unload()
+    else:
+        merged, tokenizer, family = load_model(model_dir, no_dropout=True)
+    targets = lora_targets(merged, cfg.target_modules)
+    policy = attach_lora(merged, family, cfg.r, cfg.alpha, dropout=0.0, targets=targets)
+    value_head = ValueHead(merged.config.hidden_size)
+    return PPOModel(policy, value_head, tokenizer, family, bf16)
+
+
+def save_ppo_model(ppo: PPOModel, out_dir: str | Path) -> None:
+    """The PPO adapter (peft format) plus `value_head.safetensors`."""
+    ppo.policy.save_pretrained(str(out_dir))
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in ppo.value_head.state_dict().items()}
+    save_file(state, str(Path(out_dir, VALUE_HEAD_FILE)))
+
+
+def load_value_head(ppo_dir: str | Path, hidden_size: int) -> ValueHead:
+    value_head = ValueHead(hidden_size)
+    value_head.load_state_dict(load_file(str(Path(ppo_dir, VALUE_HEAD_FILE))))
+    return value_head
+
+
+def forward_policy(ppo: PPOModel, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits [B, T, V] for the response tokens and values [B, T] of the states before them.
+
+    The transformer runs under bf16 autocast when enabled; softmax and the value head run in float32.
+    """
+    with autocast(ppo.device, ppo.bf16):
+        logits, hidden = ppo.family.forward_response(
+            ppo.policy, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+        )
+    return logits.float(), ppo.value_head(hidden.float())
+
+
+# --- prompts and rollouts ---------------------------------------------------------------------------
+
+
+def render_prompts(dialogues: list[str], ppo: PPOModel, base: BaseConfig) -> list[str]:
+    return [fit_dialogue(ppo.tokenizer, ppo.family, base.prompt, d, base.max_source_tokens) for d in dialogues]
+
+
+def prompt_batches(prompts: list[str], batch_size: int, seed: int) -> Iterator[list[str]]:
+    """Endless batches of prompts, shuffled once with `seed` and cycled."""
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    stream = itertools.cycle(order)
+    while True:
+        yield [next(stream) for _ in range(batch_size)]
+
+
+@dataclass
+class Rollout:
+    """One batch of experience; every field is a tensor with the batch in its first dimension."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor  # float: 1.0 up to and including the first stop token
+    logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+@torch.no_grad()
+def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int) -> Rollout:
+    """Pure sampling (temperature 1, no top-k/top-p) so the samples come from pi itself."""
+    stops = stop_token_ids(ppo.tokenizer)
+    prompt = pad_prompts(ppo.tokenizer, ppo.family, prompts, ppo.device)
+    with autocast(ppo.device, ppo.bf16):
+        generated = ppo.policy.generate(
+            **prompt, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            eos_token_id=stops, pad_token_id=ppo.tokenizer.pad_token_id,
+        )
+    response_ids = ppo.family.response_ids(generated, prompt["input_ids"].shape[1])
+    response_mask = response_mask_until_stop(response_ids, stops)
+    response_ids = response_ids.masked_fill(response_mask == 0, ppo.tokenizer.pad_token_id)
+    return Rollout(prompt["input_ids"], prompt["attention_mask"], response_ids, response_mask)
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """The summary text alone: tokens up to the stop token, special tokens dropped."""
+    lengths = response_mask.sum(1).long().tolist()
+    return [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
+            for row, n in zip(response_ids, lengths)]
+
+
+# --- one PPO iteration --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: TrainPPOConfig,
+                    beta: float) -> tuple[Rollout, dict[str, float]]:
+    """Steps 1-6 of a PPO iteration: experience with advantages, ready for the update."""
+    started = time.perf_counter()
+    # 1. rollout: sample a summary per prompt and score its text alone
+    rollout = sample_responses(ppo, prompts, cfg.max_new_tokens)
+    mask = rollout.response_mask
+    raw_scores = reward_fn(decode_responses(ppo.tokenizer, rollout.response_ids, mask)).float().to(ppo.device)
+    generated = time.perf_counter()
+
+    # 2. old log-probs and values, from a forward pass (not generate's scores) so that the update's
+    #    first forward reproduces them and its first ratio is exactly 1
+    logits, rollout.values = forward_policy(ppo, rollout)
+    rollout.logprobs = logprobs_from_logits(logits, rollout.response_ids)
+    entropy = masked_mean(entropy_from_logits(logits), mask)
+    del logits  # [B, T, vocab] float32: the largest tensor of the step
+
+    # 3. reference log-probs: the same weights with the PPO adapter switched off
+    with ppo.policy.disable_adapter():
+        ref_logits, _ = forward_policy(ppo, rollout)
+    rollout.ref_logprobs = logprobs_from_logits(ref_logits, rollout.response_ids)
+    del ref_logits
+
+    # 4. rewards: score at the last token, -beta * KL per token
+    rollout.scores = raw_scores.clamp(-cfg.reward_clip, cfg.reward_clip) if cfg.reward_clip else raw_scores
+    rollout.rewards = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
+    if cfg.whiten_rewards:
+        rollout.rewards = masked_whiten(rollout.rewards, mask, shift_mean=False) * mask
+
+    # 5. GAE: advantages and value targets
+    rollout.advantages, rollout.returns = gae_advantages(rollout.rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+
+    # 6. whiten advantages over the whole batch (not per minibatch)
+    rollout.advantages = masked_whiten(rollout.advantages, mask) * mask
+
+    sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1)
+    stats = {
+        "reward_mean": raw_scores.mean().item(),
+        "reward_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
+        "kl": sequence_kl.mean().item(),
+        "entropy": entropy.item(),
+        "beta": beta,
+        "response_length": mask.sum(1).mean().item(),
+        "time_generate_s": generated - started,
+        "time_forward_s": time.perf_counter() - generated,
+    }
+    return rollout, stats
+
+
+def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rollout,
+                     cfg: TrainPPOConfig) -> dict[str, float]:
+    """One gradient step on the clipped policy loss + vf_coef * clipped value loss."""
+    logits, values = forward_policy(ppo, batch)
+    logprobs = logprobs_from_logits(logits, batch.response_ids)
+    mask = batch.response_mask
+    pg_loss, clip_fraction = policy_loss(logprobs, batch.logprobs, batch.advantages, mask, cfg.clip_range)
+    vf_loss, vf_clip_fraction = value_loss(values, batch.values, batch.returns, mask, cfg.clip_range_value)
+    optimizer.zero_grad(set_to_none=True)
+    (pg_loss + cfg.vf_coef * vf_loss).backward()
+    torch.nn.utils.clip_grad_norm_(ppo.trainable_parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    return {
+        "policy_loss": pg_loss.item(),
+        "value_loss": vf_loss.item(),
+        "clip_fraction": clip_fraction.item(),
+        "value_clip_fraction": vf_clip_fraction.item(),
+        "approx_kl": approx_kl(logprobs.detach(), batch.logprobs, mask).item(),
+    }
+
+
+def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, kl_ctl, prompts: list[str], reward_fn: RewardFn,
+             cfg: TrainPPOConfig, generator: torch.Generator) -> dict[str, float]:
+    """One PPO iteration on a batch of prompts; returns its statistics."""
+    rollout, stats = collect_rollout(ppo, prompts, reward_fn, cfg, kl_ctl.value)  # steps 1-6
+
+    # 7. PPO epochs over shuffled minibatches; stop early once the policy has moved too far
+    started = time.perf_counter()
+    updates: list[dict[str, float]] = []
+    for _epoch in range(cfg.ppo_epochs):
+        for index in torch.randperm(cfg.batch_size, generator=generator).split(cfg.minibatch_size):
+            updates.append(minibatch_update(ppo, optimizer, rollout.select(index), cfg))
+            if cfg.early_stop_approx_kl is not None and updates[-1]["approx_kl"] > cfg.early_stop_approx_kl:
+                break
+        else:
+            continue
+        break
+    stats.update({key: sum(u[key] for u in updates) / len(updates) for key in updates[0]})
+    stats["minibatch_updates"] = len(updates)
+    stats["time_update_s"] = time.perf_counter() - started
+
+    # 8. adapt beta towards the target KL (no-op when fixed)
+    kl_ctl.update(stats["kl"], cfg.batch_size)
+    return stats
+
+
+def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: TrainPPOConfig, seed: int,
+              on_step: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Run `cfg.steps` PPO iterations on cycled batches of `prompts`; returns each step's statistics."""
+    if not prompts:
+        raise DataError("train_ppo: no training prompts")
+    assert cfg.num_minibatches * cfg.minibatch_size == cfg.batch_size
+    assert cfg.ppo_epochs * cfg.num_minibatches >= 1
+    torch.manual_seed(seed)  # sampling in generate
+    generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
+    optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr, eps=ADAM_EPS, weight_decay=0.0)
+    kl_ctl = kl_controller(cfg)
+    batches = prompt_batches(prompts, cfg.batch_size, seed)
+    history = []
+    progress = tqdm(range(cfg.steps), desc="ppo", unit="step")
+    for _step in progress:
+        stats = ppo_step(ppo, optimizer, kl_ctl, next(batches), reward_fn, cfg, generator)
+        history.append(stats)
+        progress.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
+        if on_step is not None:
+            on_step(stats)
+    return history
+
+
+def summarize_history(history: list[dict[str, float]], runtime_s: float) -> dict[str, float]:
+    """The few numbers worth a metrics file: where reward and KL started and ended."""
+    first, last = history[0], history[-1]
+    return {
+        "reward_mean_first": round(first["reward_mean"], 4),
+        "reward_mean_last": round(last["reward_mean"], 4),
+        "kl_last": round(last["kl"], 4),
+        "beta_last": round(last["beta"], 5),
+        "steps": len(history),
+        "runtime_s": round(runtime_s, 1),
+        "seconds_per_step": round(runtime_s / len(history), 2),
+    }

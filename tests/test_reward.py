@@ -1,0 +1,33 @@
+from detoxsum.config import ClassifierSpec
+from detoxsum.reward import build_scorer
+
+
+def test_profanity_check_ranks_insults_above_neutral_text():
+    scorer = build_scorer(ClassifierSpec(name="profanity_check"))
+    neutral, insult = scorer.score(["#Person1# books a table for two on Friday.",
+                                    "#Person1# calls #Person2# a stupid idiot and tells him to shut up."])
+    assert 0.0 <= neutral < 0.5 < insult <= 1.0
+    assert scorer.score([]) == []
+
+
+def test_hf_classifier_scores_the_chosen_label(tmp_path):
+    import pytest
+    from conftest import train_tokenizer
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from detoxsum.errors import ParamsError
+    from detoxsum.reward import HFClassifierScorer
+
+    tokenizer = train_tokenizer(eos="</s>", chat=False)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=600, pad_token_id=tokenizer.pad_token_id,
+                           id2label={0: "nothate", 1: "hate"}, label2id={"nothate": 0, "hate": 1})
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    hate = HFClassifierScorer("roberta", str(tmp_path), "hate")
+    nothate = HFClassifierScorer("roberta", str(tmp_path), "nothate")
+    texts = ["coffee meeting", "idiot jerk stupid"]
+    for p_hate, p_not in zip(hate.score(texts), nothate.score(texts)):
+        assert p_hate + p_not == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ParamsError, match="'toxic' not among"):
+        HFClassifierScorer("roberta", str(tmp_path), "toxic")
