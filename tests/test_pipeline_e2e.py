@@ -27,19 +27,24 @@ def read_json(path):
 
 def test_dvc_repro_runs_every_stage_then_nothing(family, project):
     first = run(["dvc", "repro"], project)
-    for stage in ("fetch", "filter", "tokenize", "train_lora", "evaluate"):
+    for stage in ("fetch", "filter", "tokenize", "train_lora", "train_ppo", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout, first.stdout
 
     metrics = read_json(project / "metrics" / "evaluate.json")
-    for variant in ("base", "lora"):
+    for variant in ("base", "lora", "ppo"):
         assert ROUGE_KEYS <= set(metrics[variant])
         assert 0.0 <= metrics[variant]["toxicity_profanity_check_mean"] <= 1.0
     assert metrics["num_test_dialogues"] == 4
+    assert "toxicity_profanity_check_mean_change_pct" in metrics["detox"]
+    assert read_json(project / "metrics" / "train_ppo.json")["steps"] == 2
+    assert (project / "dvclive" / "train_ppo" / "plots" / "metrics" / "kl.tsv").is_file()
+    assert (project / "plots" / "toxicity" / "profanity_check.csv").read_text().startswith("toxicity,lora,ppo")
+    assert (project / "artifacts" / "ppo" / "value_head.safetensors").is_file()
     assert read_json(project / "metrics" / "filter.json")["train"]["rows_in"] == 12
     assert read_json(project / "metrics" / "train_lora.json")["steps"] == 2
     assert (project / "dvclive" / "train_lora" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     predictions = [json.loads(line) for line in (project / "results" / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 4 and {"dialogue", "references", "base", "lora"} <= set(predictions[0])
+    assert len(predictions) == 4 and {"dialogue", "references", "base", "lora", "ppo"} <= set(predictions[0])
     assert (project / "artifacts" / "lora" / "adapter_config.json").is_file()
 
     second = run(["dvc", "repro"], project)

@@ -9,6 +9,7 @@ Unknown keys, wrong types and out-of-range values raise `ParamsError` naming the
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -206,6 +207,37 @@ class TrainPPOConfig:
         return self.batch_size // self.minibatch_size
 
 
+@dataclass(frozen=True)
+class RegisterConfig:
+    """What `register` logs to MLflow and when it moves the `champion` alias.
+
+    The candidate's `evaluate.json` block is compared with the champion's: it is promoted when
+    `rouge_metric` >= champion's - `rouge_tolerance` (ROUGE points, 0-100) and the mean toxicity of
+    `toxicity_classifier` <= champion's + `toxicity_tolerance`.
+    """
+
+    model_name: str = "detoxsum-summarizer"  # registered model: models:/<model_name>@champion
+    experiment: str = "detoxsum"  # MLflow experiment that holds the runs
+    model: str = "ppo"  # which pipeline model to log and gate: "ppo" (LoRA + PPO adapters) or "lora"
+    rouge_metric: str = "rougeL"
+    rouge_tolerance: float = 0.5
+    toxicity_classifier: str = "profanity_check"  # a name from evaluate.toxicity_classifiers
+    toxicity_tolerance: float = 0.0
+    # Copy artifacts/model into every version even when fetch.model names a package or Hub id
+    # (a local-folder fetch.model is always copied, so the version is self-contained).
+    bundle_base_model: bool = False
+
+    def __post_init__(self) -> None:
+        _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.model_name) is not None, "register.model_name",
+                 f"must be letters, digits, '.', '_' or '-', got {self.model_name!r}")
+        _require(bool(self.experiment.strip()), "register.experiment", "must not be empty")
+        _require(self.model in ("ppo", "lora"), "register.model", f"must be 'ppo' or 'lora', got {self.model!r}")
+        _require(self.rouge_metric in ("rouge1", "rouge2", "rougeL", "rougeLsum"), "register.rouge_metric",
+                 f"must be rouge1, rouge2, rougeL or rougeLsum, got {self.rouge_metric!r}")
+        _require(self.rouge_tolerance >= 0, "register.rouge_tolerance", "must be >= 0")
+        _require(self.toxicity_tolerance >= 0, "register.toxicity_tolerance", "must be >= 0")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "base": BaseConfig,
     "fetch": FetchConfig,
@@ -213,6 +245,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "train_lora": TrainLoraConfig,
     "train_ppo": TrainPPOConfig,
     "evaluate": EvaluateConfig,
+    "register": RegisterConfig,
 }
 
 

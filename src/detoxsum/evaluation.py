@@ -29,9 +29,11 @@ def evaluate_variants(
     metrics: dict[str, dict] = {}
     for name, adapters in variants.items():
         summaries = summarize(model_dir, adapters, dialogues, base, cfg, desc=name)
-        metrics[name] = score_summaries(summaries, references, scorers)
-        for row, summary in zip(rows, summaries):
-            row[name] = summary
+        toxicity = {scorer.name: scorer.score(summaries) for scorer in scorers}
+        metrics[name] = score_summaries(summaries, references, toxicity)
+        for index, row in enumerate(rows):
+            row[name] = summaries[index]
+            row.update({f"{name}_toxicity_{scorer}": round(values[index], 4) for scorer, values in toxicity.items()})
     metrics["num_test_dialogues"] = len(dialogues)
     return metrics, rows
 
@@ -45,11 +47,12 @@ def summarize(model_dir: Path, adapters: list[Path], dialogues: list[str], base:
                               cfg.num_beams, bf16=base.bf16, desc=desc)
 
 
-def score_summaries(summaries: list[str], references: list[list[str]], scorers: list[ToxicityScorer]) -> dict:
+def score_summaries(summaries: list[str], references: list[list[str]], toxicity: dict[str, list[float]]) -> dict:
+    """ROUGE against the references plus toxicity statistics per classifier, as one flat dict."""
     scores = rouge(summaries, references)
-    for scorer in scorers:
-        for stat, value in toxicity_stats(scorer.score(summaries)).items():
-            scores[f"toxicity_{scorer.name}_{stat}"] = value
+    for scorer, values in toxicity.items():
+        for stat, value in toxicity_stats(values).items():
+            scores[f"toxicity_{scorer}_{stat}"] = value
     scores["summary_words_mean"] = round(sum(len(s.split()) for s in summaries) / max(len(summaries), 1), 2)
     return scores
 
@@ -62,3 +65,13 @@ def toxicity_change(metrics: dict, before: str, after: str, scorers: list[Toxici
         )
         for s in scorers
     }
+
+
+def toxicity_histogram(rows: list[dict], variants: list[str], scorer: str, bins: int = 10) -> list[dict]:
+    """Counts of summaries per toxicity bin ([0, 0.1), ..., [0.9, 1.0]) for each variant: a DVC plot."""
+    table = [{"toxicity": round((b + 0.5) / bins, 3), **dict.fromkeys(variants, 0)} for b in range(bins)]
+    for row in rows:
+        for variant in variants:
+            index = min(int(row[f"{variant}_toxicity_{scorer}"] * bins), bins - 1)
+            table[index][variant] += 1
+    return table

@@ -281,12 +281,13 @@ def generate_summaries(
     num_beams: int = 1,
     bf16: bool = False,
     desc: str = "generate",
+    show_progress: bool = True,
 ) -> list[str]:
     """Greedy/beam generation in batches; returns the decoded responses, cut at the end of turn."""
     model.eval()
     stops = stop_token_ids(tokenizer)
     summaries: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not show_progress):
         batch = pad_prompts(tokenizer, family, prompts[start : start + batch_size], model.device)
         with autocast(model.device, bf16):
             generated = model.generate(
@@ -328,13 +329,18 @@ def load_with_adapters(model_dir: str | Path, adapters: list[str | Path], no_dro
     `[]` is the base model, `[lora]` the SFT model, `[lora, ppo]` the PPO policy (whose adapter was
     trained on top of the merged SFT weights).
     """
+    model, tokenizer, family = load_model(model_dir, no_dropout=no_dropout)
+    return apply_adapters(model, adapters), tokenizer, family
+
+
+def apply_adapters(model, adapters: list[str | Path]):
+    """Apply LoRA adapters in order to a loaded model: all but the last merged, the last kept live."""
     from peft import PeftModel
 
-    model, tokenizer, family = load_model(model_dir, no_dropout=no_dropout)
     for position, adapter in enumerate(adapters):
         if not Path(adapter, "adapter_config.json").is_file():
             raise ModelLoadError(f"{adapter}: no LoRA adapter found; run the stage that trains it")
         model = PeftModel.from_pretrained(model, str(adapter))
         if position < len(adapters) - 1:
             model = model.merge_and_unload()
-    return model, tokenizer, family
+    return model

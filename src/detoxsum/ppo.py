@@ -19,6 +19,10 @@ One model plays three parts: the SFT model with its LoRA adapter merged is the r
 a fresh LoRA adapter on top is the policy, and `with policy.disable_adapter():` switches back to the
 reference. The fresh adapter's B matrices are zero, so at the first step pi == pi_ref exactly.
 
+Where the time goes (SmolLM2-135M, 2 CPU cores): a step is one sampling pass, two forward passes
+(policy, reference) and `ppo_epochs` forward+backward passes over the batch; with bf16 the frozen
+weights are stored in bf16 so autocast does not re-cast them on every generated token.
+
 Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
 
     ppo = build_ppo_model(model_dir, [sft_adapter_dir], cfg, bf16=True)
@@ -44,10 +48,20 @@ from tqdm.auto import tqdm
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.errors import DataError
 from detoxsum.lora import attach_lora, lora_targets
-from detoxsum.modeling import Family, autocast, fit_dialogue, load_model, load_with_adapters, pad_prompts, stop_token_ids
+from detoxsum.modeling import (
+    Family,
+    autocast,
+    fit_dialogue,
+    load_model,
+    load_with_adapters,
+    pad_prompts,
+    stop_token_ids,
+)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
-ADAM_EPS = 1e-5  # TensorFlow's Adam epsilon as in lm-human-preferences; PyTorch's 1e-8 updates more aggressively
+# lm-human-preferences ran TensorFlow's Adam with eps 1e-5; Huang et al. found PyTorch's Adam with
+# its defaults makes the first updates more aggressive.
+ADAM_EPS = 1e-5
 
 # texts -> one reward per text, shape [B]; a RewardModel's `rewards`, or any function in tests.
 RewardFn = Callable[[list[str]], torch.Tensor]
@@ -240,8 +254,28 @@ def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: 
         merged, tokenizer, family = load_model(model_dir, no_dropout=True)
     targets = lora_targets(merged, cfg.target_modules)
     policy = attach_lora(merged, family, cfg.r, cfg.alpha, dropout=0.0, targets=targets)
+    if bf16:
+        store_frozen_linears_in_bf16(policy)
     value_head = ValueHead(merged.config.hidden_size)
     return PPOModel(policy, value_head, tokenizer, family, bf16)
+
+
+def store_frozen_linears_in_bf16(model: nn.Module) -> None:
+    """Keep the frozen nn.Linear weights in bfloat16, for use under bf16 autocast only.
+
+    Autocast rounds every fp32 weight to bf16 before each matmul, so the results are the same; but
+    it caches those copies only for weights that require grad, so frozen weights were re-cast on
+    every call -- each generated token re-cast the whole model. Embeddings, norms (the residual
+    stream stays fp32) and the trainable LoRA weights stay as they are; a tied output layer gets
+    its own bf16 copy of the (frozen) embedding matrix.
+    """
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    if output.weight is embedding:
+        output.weight = nn.Parameter(embedding.detach().to(torch.bfloat16), requires_grad=False)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+            module.to(torch.bfloat16)
 
 
 def save_ppo_model(ppo: PPOModel, out_dir: str | Path) -> None:
@@ -302,7 +336,8 @@ class Rollout:
     returns: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> Rollout:
-        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        rows = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Rollout(**{name: None if value is None else value[index] for name, value in rows.items()})
 
 
 @torch.no_grad()
@@ -339,11 +374,13 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     # 1. rollout: sample a summary per prompt and score its text alone
     rollout = sample_responses(ppo, prompts, cfg.max_new_tokens)
     mask = rollout.response_mask
+    sampled = time.perf_counter()
     raw_scores = reward_fn(decode_responses(ppo.tokenizer, rollout.response_ids, mask)).float().to(ppo.device)
-    generated = time.perf_counter()
+    assert raw_scores.shape == (len(prompts),), f"reward_fn must return one reward per text, got {raw_scores.shape}"
+    scored = time.perf_counter()
 
-    # 2. old log-probs and values, from a forward pass (not generate's scores) so that the update's
-    #    first forward reproduces them and its first ratio is exactly 1
+    # 2. old log-probs and values, from the same forward pass the update uses (generate's scores come
+    #    from a different, cached computation), so that the ratios start at 1
     logits, rollout.values = forward_policy(ppo, rollout)
     rollout.logprobs = logprobs_from_logits(logits, rollout.response_ids)
     entropy = masked_mean(entropy_from_logits(logits), mask)
@@ -356,7 +393,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     del ref_logits
 
     # 4. rewards: score at the last token, -beta * KL per token
-    rollout.scores = raw_scores.clamp(-cfg.reward_clip, cfg.reward_clip) if cfg.reward_clip else raw_scores
+    rollout.scores = raw_scores if cfg.reward_clip is None else raw_scores.clamp(-cfg.reward_clip, cfg.reward_clip)
     rollout.rewards = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
     if cfg.whiten_rewards:
         rollout.rewards = masked_whiten(rollout.rewards, mask, shift_mean=False) * mask
@@ -375,8 +412,9 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
         "entropy": entropy.item(),
         "beta": beta,
         "response_length": mask.sum(1).mean().item(),
-        "time_generate_s": generated - started,
-        "time_forward_s": time.perf_counter() - generated,
+        "time_generate_s": sampled - started,
+        "time_reward_s": scored - sampled,
+        "time_forward_s": time.perf_counter() - scored,  # steps 2-3
     }
     return rollout, stats
 
@@ -402,23 +440,28 @@ def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rol
     }
 
 
-def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, kl_ctl, prompts: list[str], reward_fn: RewardFn,
-             cfg: TrainPPOConfig, generator: torch.Generator) -> dict[str, float]:
-    """One PPO iteration on a batch of prompts; returns its statistics."""
-    rollout, stats = collect_rollout(ppo, prompts, reward_fn, cfg, kl_ctl.value)  # steps 1-6
-
-    # 7. PPO epochs over shuffled minibatches; stop early once the policy has moved too far
-    started = time.perf_counter()
+def ppo_epochs(ppo: PPOModel, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: TrainPPOConfig,
+               generator: torch.Generator) -> list[dict[str, float]]:
+    """Several epochs of shuffled minibatch updates; stops early once approx KL passes the threshold,
+    since the clipped objective no longer holds the policy near the one that sampled the batch."""
     updates: list[dict[str, float]] = []
     for _epoch in range(cfg.ppo_epochs):
         for index in torch.randperm(cfg.batch_size, generator=generator).split(cfg.minibatch_size):
             updates.append(minibatch_update(ppo, optimizer, rollout.select(index), cfg))
             if cfg.early_stop_approx_kl is not None and updates[-1]["approx_kl"] > cfg.early_stop_approx_kl:
-                break
-        else:
-            continue
-        break
-    stats.update({key: sum(u[key] for u in updates) / len(updates) for key in updates[0]})
+                return updates
+    return updates
+
+
+def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, kl_ctl, prompts: list[str], reward_fn: RewardFn,
+             cfg: TrainPPOConfig, generator: torch.Generator) -> dict[str, float]:
+    """One PPO iteration on a batch of prompts; returns its statistics."""
+    rollout, stats = collect_rollout(ppo, prompts, reward_fn, cfg, kl_ctl.value)  # steps 1-6
+
+    # 7. PPO epochs over shuffled minibatches
+    started = time.perf_counter()
+    updates = ppo_epochs(ppo, optimizer, rollout, cfg, generator)
+    stats.update({key: sum(update[key] for update in updates) / len(updates) for key in updates[0]})
     stats["minibatch_updates"] = len(updates)
     stats["time_update_s"] = time.perf_counter() - started
 
@@ -433,7 +476,6 @@ def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: Train
     if not prompts:
         raise DataError("train_ppo: no training prompts")
     assert cfg.num_minibatches * cfg.minibatch_size == cfg.batch_size
-    assert cfg.ppo_epochs * cfg.num_minibatches >= 1
     torch.manual_seed(seed)  # sampling in generate
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr, eps=ADAM_EPS, weight_decay=0.0)

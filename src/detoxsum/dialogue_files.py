@@ -1,0 +1,100 @@
+"""Read dialogues to summarize and write the summaries: plain text, JSON lines or CSV.
+
+- text: dialogues separated by one or more blank lines; summaries are written one per line;
+- jsonl: one object per line with a `dialogue` field; each output row is the input row + `summary`;
+- csv: a `dialogue` column; the output is the input table + a `summary` column.
+(Input that already has a `summary` field gets `model_summary` instead, so references survive.)
+
+The format comes from the file suffix (`.txt`, `.jsonl`, `.csv`) or is given explicitly; `-` is
+standard input / output. Problems raise `DataError` naming the file, line or column to fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+from detoxsum.errors import DataError
+
+FORMATS = ("text", "jsonl", "csv")
+SUFFIX_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".csv": "csv"}
+STDIO = "-"
+
+
+def format_of(path: str, explicit: str | None, fallback: str = "text") -> str:
+    """The explicit format, else the one the suffix names, else `fallback` for standard input/output."""
+    if explicit:
+        return explicit
+    if path == STDIO:
+        return fallback
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIX_FORMATS:
+        raise DataError(f"{path}: cannot tell the format from the suffix {suffix!r}; pass --format text, jsonl or csv")
+    return SUFFIX_FORMATS[suffix]
+
+
+def read_records(path: str, file_format: str, column: str = "dialogue") -> list[dict]:
+    """Rows to summarize, each with the dialogue under `column` (other fields are kept)."""
+    name = "<stdin>" if path == STDIO else path
+    text = sys.stdin.read() if path == STDIO else read_file(path)
+    records = {"text": parse_text, "jsonl": parse_jsonl, "csv": parse_csv}[file_format](text, name, column)
+    if not records:
+        raise DataError(f"{name}: no dialogues found (empty input)")
+    return records
+
+
+def read_file(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: file not found")
+    return file.read_text(encoding="utf-8")
+
+
+def parse_text(text: str, name: str, column: str) -> list[dict]:
+    blocks = (block.strip() for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")))
+    return [{column: block} for block in blocks if block]
+
+
+def parse_jsonl(text: str, name: str, column: str) -> list[dict]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get(column), str):
+            found = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{name} line {number}: missing text field '{column}' (set --column); found: {found}")
+        records.append(row)
+    return records
+
+
+def parse_csv(text: str, name: str, column: str) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        return []
+    if column not in reader.fieldnames:
+        raise DataError(f"{name}: missing column '{column}' (set --column); columns found: {', '.join(reader.fieldnames)}")
+    return [row for row in reader if (row.get(column) or "").strip()]
+
+
+def render(records: list[dict], summaries: list[str], file_format: str) -> str:
+    """The output text: summaries alone, one per line (text), or the input rows with a `summary` added."""
+    if file_format == "text":  # one line each, so line N is dialogue N's summary even when one is empty
+        return "".join(" ".join(summary.split()) + "\n" for summary in summaries)
+    key = "model_summary" if "summary" in records[0] else "summary"  # never overwrite a reference summary
+    rows = [{**record, key: summary} for record, summary in zip(records, summaries)]
+    if file_format == "jsonl":
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,58 @@
+"""train_ppo: make the LoRA-tuned summarizer less toxic with PPO against a toxicity reward model.
+
+Run: `python -m detoxsum.stages.train_ppo`. Reads `base` and `train_ppo` from params.yaml, the fetched
+model, the SFT adapter and the training dialogues of `data/filtered/train.jsonl`; writes the PPO
+adapter and value head to `artifacts/ppo/`, a summary to `metrics/train_ppo.json` and per-step
+curves (reward, KL, entropy, clip fraction, ...) to `dvclive/train_ppo/` (DVC plots).
+
+The adapter loads back as `load_with_adapters("artifacts/model", ["artifacts/lora", "artifacts/ppo"])`.
+"""
+
+import time
+from pathlib import Path
+
+from dvclive import Live
+from transformers import set_seed
+
+from detoxsum.config import load_stage_config
+from detoxsum.data import read_jsonl_split
+from detoxsum.modeling import device
+from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.ppo import build_ppo_model, render_prompts, save_ppo_model, summarize_history, train_ppo
+from detoxsum.reward import build_reward_model
+
+MODEL_DIR = Path("artifacts/model")
+LORA_DIR = Path("artifacts/lora")
+TRAIN_FILE = Path("data/filtered/train.jsonl")
+PPO_DIR = Path("artifacts/ppo")
+METRICS_FILE = Path("metrics/train_ppo.json")
+LIVE_DIR = Path("dvclive/train_ppo")
+
+
+def main() -> None:
+    base = load_stage_config("base")
+    cfg = load_stage_config("train_ppo")
+    set_seed(base.seed)
+    dialogues = list(read_jsonl_split(TRAIN_FILE)["dialogue"])
+    reward_model = build_reward_model(cfg.reward)
+    ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, bf16=base.bf16).to(device())
+    prompts = render_prompts(dialogues, ppo, base)
+    live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def log_step(stats: dict[str, float]) -> None:
+        for name, value in stats.items():
+            live.log_metric(name, value)
+        live.next_step()
+
+    started = time.perf_counter()
+    history = train_ppo(ppo, prompts, reward_model.rewards, cfg, base.seed, on_step=log_step)
+    summary = summarize_history(history, time.perf_counter() - started)
+    live.end()
+    with atomic_dir(PPO_DIR) as tmp:
+        save_ppo_model(ppo, tmp)
+    write_json_atomic(METRICS_FILE, summary)
+    print(f"train_ppo: {summary}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

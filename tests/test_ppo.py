@@ -1,0 +1,331 @@
+"""PPO: the math helpers against plain loops and hand-worked answers, then the whole loop on the tiny
+T5 and Llama (policy == reference at the start, a toy reward goes up, only the adapter and value
+head move, the saved adapter loads on top of the SFT adapter), and the stage end to end.
+
+Run: `HF_HUB_OFFLINE=1 pytest tests/test_ppo.py -q` (about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import fixture_rows
+
+from detoxsum.config import BaseConfig, TrainPPOConfig
+from detoxsum.lora import attach_lora, lora_targets
+from detoxsum.modeling import load_model, load_with_adapters, pad_prompts, stop_token_ids
+from detoxsum.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    build_ppo_model,
+    collect_rollout,
+    entropy_from_logits,
+    forward_policy,
+    gae_advantages,
+    kl_penalized_rewards,
+    load_value_head,
+    logprobs_from_logits,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    policy_loss,
+    render_prompts,
+    response_mask_until_stop,
+    sample_responses,
+    save_ppo_model,
+    train_ppo,
+    value_loss,
+)
+
+SHORT_BASE = BaseConfig(max_source_tokens=48)
+# Responses of length 5, 3, 1 and 4 in a batch padded to 5 tokens.
+LENGTHS = [5, 3, 1, 4]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two threads fighting over two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def length_mask(lengths: list[int], width: int) -> torch.Tensor:
+    return torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths])
+
+
+def vowel_count(texts: list[str]) -> torch.Tensor:
+    """Toy reward: vowels in the summary. Dense, so a tiny random model can learn it in a few steps."""
+    return torch.tensor([float(sum(text.count(v) for v in "aeiou")) for text in texts])
+
+
+# --- pure helpers ---------------------------------------------------------------------------------
+
+
+def test_masked_mean_var_and_whiten_match_a_plain_loop():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(4, 5, generator=generator) * 3 + 1
+    mask = length_mask(LENGTHS, 5)
+    kept = [values[row, t].item() for row in range(4) for t in range(LENGTHS[row])]
+    mean = sum(kept) / len(kept)
+    variance = sum((x - mean) ** 2 for x in kept) / (len(kept) - 1)
+    assert masked_mean(values, mask).item() == pytest.approx(mean, rel=1e-5)
+    assert masked_var(values, mask).item() == pytest.approx(variance, rel=1e-5)
+    assert masked_mean(values, mask, dim=1).tolist() == pytest.approx(
+        [sum(values[row, :n].tolist()) / n for row, n in enumerate(LENGTHS)], rel=1e-5
+    )
+
+    whitened = masked_whiten(values, mask)
+    for row in range(4):
+        for t in range(LENGTHS[row]):
+            expected = (values[row, t].item() - mean) / math.sqrt(variance + 1e-8)
+            assert whitened[row, t].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert masked_mean(whitened, mask).item() == pytest.approx(0.0, abs=1e-5)
+    unshifted = masked_whiten(values, mask, shift_mean=False)
+    assert masked_mean(unshifted, mask).item() == pytest.approx(mean, rel=1e-4)
+
+
+def test_gae_matches_a_plain_loop_for_responses_of_different_lengths():
+    generator = torch.Generator().manual_seed(1)
+    rewards = torch.randn(4, 5, generator=generator)
+    values = torch.randn(4, 5, generator=generator)
+    mask = length_mask(LENGTHS, 5)
+    gamma, lam = 0.9, 0.8
+    advantages, returns = gae_advantages(rewards, values, mask, gamma, lam)
+    for row, length in enumerate(LENGTHS):
+        r, v = rewards[row, :length].tolist(), values[row, :length].tolist()
+        expected, running = [0.0] * length, 0.0
+        for t in reversed(range(length)):
+            next_value = v[t + 1] if t + 1 < length else 0.0  # the episode ends with the response
+            running = r[t] + gamma * next_value - v[t] + gamma * lam * running
+            expected[t] = running
+        assert advantages[row, :length].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert returns[row, :length].tolist() == pytest.approx([a + b for a, b in zip(expected, v)], rel=1e-5)
+        assert advantages[row, length:].abs().sum() == 0 and returns[row, length:].abs().sum() == 0
+
+
+def test_response_mask_keeps_tokens_up_to_and_including_the_first_stop():
+    stop, pad = 2, 0
+    response_ids = torch.tensor([[5, 6, stop, pad, pad], [5, stop, 7, stop, 8], [5, 6, 7, 8, 9], [stop, 2, 2, 2, 2]])
+    assert response_mask_until_stop(response_ids, [stop, 99]).tolist() == length_mask([3, 2, 5, 1], 5).tolist()
+
+
+def test_kl_penalty_on_every_token_and_score_on_the_last():
+    mask = length_mask([3, 1], 3)
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -9.0, -9.0]])
+    ref_logprobs = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, 0.0, 0.0]])
+    rewards = kl_penalized_rewards(torch.tensor([10.0, 20.0]), logprobs, ref_logprobs, mask, beta=0.1)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.1, 10.0], [20.0 - 0.1, 0.0, 0.0]]))
+
+
+def test_policy_loss_and_clip_fraction_on_hand_worked_tokens():
+    ratios = torch.tensor([[1.5, 0.5, 1.0, 1.1, 0.5, 9.0]])
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -2.0, -1.0, 5.0]])
+    mask = torch.tensor([[1.0, 1, 1, 1, 1, 0]])  # the last token is padding and must not count
+    loss, clip_fraction = policy_loss(ratios.log(), torch.zeros(1, 6), advantages, mask, clip_range=0.2)
+    # per token max(-A*r, -A*clip(r)): -1.2 (clipped), -0.5, 1.0, 2.2, 0.8 (clipped)
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.0 + 2.2 + 0.8) / 5, rel=1e-5)
+    assert clip_fraction.item() == pytest.approx(2 / 5)
+
+
+def test_value_loss_and_clip_fraction_on_hand_worked_tokens():
+    old_values = torch.zeros(1, 4)
+    values = torch.tensor([[0.5, 0.1, -0.5, 7.0]])
+    returns = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1, 1, 0]])
+    loss, clip_fraction = value_loss(values, old_values, returns, mask, clip_range=0.2)
+    # squared errors max(unclipped, clipped): 0.64 (clipped to 0.2), 0.81, 0.25 (unclipped wins)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81 + 0.25) / 3, rel=1e-5)
+    assert clip_fraction.item() == pytest.approx(1 / 3)
+
+
+def test_logprobs_and_entropy_from_logits():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, -1.0]]])
+    logprobs = logprobs_from_logits(logits, torch.tensor([[1, 0]]))
+    probs = torch.tensor([2.0, 0.0, 0.0, -1.0]).exp() / torch.tensor([2.0, 0.0, 0.0, -1.0]).exp().sum()
+    assert logprobs[0].tolist() == pytest.approx([math.log(0.25), math.log(probs[0].item())], rel=1e-5)
+    entropy = entropy_from_logits(logits)
+    assert entropy[0].tolist() == pytest.approx([math.log(4), -(probs * probs.log()).sum().item()], rel=1e-5)
+
+
+def test_adaptive_kl_controller_moves_beta_towards_the_target_kl():
+    controller = AdaptiveKLController(init_beta=0.1, target=6.0, horizon=1000)
+    controller.update(current_kl=12.0, n_samples=10)  # error 1.0, clipped to 0.2
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 1000))
+    beta = controller.value
+    controller.update(current_kl=6.6, n_samples=10)  # error 0.1
+    assert controller.value == pytest.approx(beta * (1 + 0.1 * 10 / 1000))
+    beta = controller.value
+    controller.update(current_kl=0.0, n_samples=10)  # error -1.0, clipped to -0.2
+    assert controller.value == pytest.approx(beta * (1 - 0.2 * 10 / 1000))
+    fixed = FixedKLController(0.1)
+    fixed.update(current_kl=100.0, n_samples=10)
+    assert fixed.value == 0.1
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+def save_sft_adapter(model_dir: Path, out_dir: Path) -> Path:
+    """A stand-in for train_lora's adapter: random, non-zero B matrices, so merging it matters."""
+    model, _, family = load_model(model_dir)
+    peft_model = attach_lora(model, family, r=4, alpha=8, dropout=0.0, targets=lora_targets(model, None))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+def sharpened_copy(model_dir: Path, out_dir: Path, std: float = 0.5) -> Path:
+    """The tiny model with a fresh, untied output layer of `std`: the fixtures' own heads give a
+    next-token distribution that is either nearly uniform (Llama: 0.02 init behind an RMSNorm, no
+    adapter can move it far) or nearly deterministic (T5), and neither can learn a reward quickly."""
+    model, tokenizer, _ = load_model(model_dir)
+    head = model.get_output_embeddings()
+    model.config.tie_word_embeddings = False
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * std)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def test_forward_response_scores_the_tokens_generate_produced(tiny_model_dir):
+    """The teacher-forced forward pass (left-padded prompts, position ids) reproduces generate's logits."""
+    model, tokenizer, family = load_model(tiny_model_dir)
+    dialogues = [row["dialogue"] for row in fixture_rows(2)]
+    prompts = [family.prompt_text(tokenizer, "Summarize: " + d[: 40 + 60 * i]) for i, d in enumerate(dialogues)]
+    batch = pad_prompts(tokenizer, family, prompts, model.device)
+    assert (batch["attention_mask"] == 0).any()  # the shorter prompt is padded
+    stops = stop_token_ids(tokenizer)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=6, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, output_logits=True)
+        response_ids = family.response_ids(out.sequences, batch["input_ids"].shape[1])
+        mask = response_mask_until_stop(response_ids, stops)
+        logits, hidden = family.forward_response(model, batch["input_ids"], batch["attention_mask"], response_ids, mask)
+    expected = torch.stack(out.logits, dim=1)
+    assert logits.shape == expected.shape and hidden.shape[:2] == response_ids.shape
+    assert hidden.shape[2] == model.config.hidden_size
+    keep = mask.bool()
+    torch.testing.assert_close(logits.log_softmax(-1)[keep], expected.log_softmax(-1)[keep], atol=1e-4, rtol=1e-4)
+
+
+def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path):
+    """Fresh LoRA B matrices are zero: KL is exactly 0, and the update's first ratio exactly 1."""
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6)
+    sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
+    ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg, bf16=True)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
+    torch.manual_seed(0)
+    rollout, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
+    assert torch.equal(rollout.logprobs, rollout.ref_logprobs)
+    assert stats["kl"] == 0.0
+    new_logprobs = logprobs_from_logits(forward_policy(ppo, rollout)[0], rollout.response_ids)
+    assert torch.equal(torch.exp(new_logprobs - rollout.logprobs), torch.ones_like(new_logprobs))
+    assert torch.equal(rollout.values, torch.zeros_like(rollout.values))  # zero-initialised value head
+
+
+def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_model_dir, tmp_path):
+    model_dir = sharpened_copy(tiny_model_dir, tmp_path / "model")
+    cfg = TrainPPOConfig(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=4, lr=2e-2, r=8, alpha=16,
+                         max_new_tokens=8, kl_coef=0.01, adaptive_kl=False, early_stop_approx_kl=None)
+    ppo = build_ppo_model(model_dir, [], cfg)
+    frozen = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" not in name}
+    adapter = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" in name}
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(20)], ppo, SHORT_BASE)
+
+    history = train_ppo(ppo, prompts, vowel_count, cfg, seed=0)
+
+    rewards = [stats["reward_mean"] for stats in history]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 3, rewards  # typically from ~3.5 to ~14 vowels per 8-token summary
+    assert history[-1]["kl"] > 0
+    for name, parameter in ppo.policy.named_parameters():
+        if name in frozen:
+            assert torch.equal(parameter, frozen[name]), f"base weight {name} changed"
+    assert any(not torch.equal(p, adapter[n]) for n, p in ppo.policy.named_parameters() if n in adapter)
+    assert ppo.value_head.linear.weight.abs().sum() > 0
+
+
+def test_saved_adapter_and_value_head_reload_on_top_of_the_sft_adapter(tiny_model_dir, tmp_path):
+    cfg = TrainPPOConfig(r=4, alpha=8)
+    sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
+    ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # stand in for training: non-zero PPO B matrices and value head
+        for name, parameter in ppo.policy.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        ppo.value_head.linear.weight.normal_(generator=generator)
+    save_ppo_model(ppo, tmp_path / "ppo")
+
+    reloaded, tokenizer, family = load_with_adapters(tiny_model_dir, [sft_dir, tmp_path / "ppo"])
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(2)], ppo, SHORT_BASE)
+    batch = pad_prompts(tokenizer, family, prompts, torch.device("cpu"))
+    response_ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    mask = torch.ones(2, 3)
+    def response_logits(model):
+        return family.forward_response(model, batch["input_ids"], batch["attention_mask"], response_ids, mask)[0]
+
+    with torch.no_grad():
+        expected, actual = response_logits(ppo.policy), response_logits(reloaded)
+        with ppo.policy.disable_adapter():
+            reference = response_logits(ppo.policy)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(actual, reference, atol=1e-3)  # the PPO adapter was applied
+    value_head = load_value_head(tmp_path / "ppo", reloaded.config.hidden_size)
+    assert torch.equal(value_head.linear.weight, ppo.value_head.linear.weight)
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def test_stage_writes_adapter_metrics_and_curves(tiny_llama_dir, tmp_path, monkeypatch):
+    """The real params.yaml, shrunk to two tiny steps, run from a scratch working directory."""
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["base"]["max_source_tokens"] = 48
+    params["train_ppo"].update(steps=2, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=4)
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_llama_dir, "artifacts/model")
+    save_sft_adapter(Path("artifacts/model"), Path("artifacts/lora"))
+    Path("data/filtered").mkdir(parents=True)
+    Path("data/filtered/train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in fixture_rows(6)))
+
+    from detoxsum.stages import train_ppo as stage
+
+    stage.main()
+    assert Path("artifacts/ppo/adapter_config.json").is_file()
+    assert Path("artifacts/ppo/value_head.safetensors").is_file()
+    metrics = json.loads(Path("metrics/train_ppo.json").read_text())
+    assert metrics["steps"] == 2 and {"reward_mean_first", "reward_mean_last", "kl_last", "runtime_s"} <= set(metrics)
+    logged = json.loads(Path("dvclive/train_ppo/metrics.json").read_text())
+    assert {"reward_mean", "kl", "entropy", "clip_fraction", "value_loss", "approx_kl", "beta"} <= set(logged)
+    load_with_adapters("artifacts/model", ["artifacts/lora", "artifacts/ppo"])
+
+
+def test_bf16_weight_storage_matches_autocast_over_fp32_weights(tiny_model_dir):
+    """Storing frozen linears in bf16 only saves autocast's per-call casts; the numbers are identical."""
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6)
+    stored_bf16 = build_ppo_model(tiny_model_dir, [], cfg, bf16=True)
+    cast_per_call = build_ppo_model(tiny_model_dir, [], cfg, bf16=False)
+    cast_per_call.bf16 = True  # fp32 weights under autocast
+    assert stored_bf16.policy.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert stored_bf16.policy.get_input_embeddings().weight.dtype == torch.float32
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], stored_bf16, SHORT_BASE)
+    torch.manual_seed(0)
+    rollout = sample_responses(stored_bf16, prompts, max_new_tokens=6)
+    torch.manual_seed(0)
+    assert torch.equal(sample_responses(cast_per_call, prompts, max_new_tokens=6).response_ids, rollout.response_ids)
+    with torch.no_grad():
+        assert torch.equal(forward_policy(stored_bf16, rollout)[0], forward_policy(cast_per_call, rollout)[0])

@@ -1,0 +1,212 @@
+"""MLflow registry: versions, aliases, the promotion gate both ways, idempotency, loading @champion.
+
+Everything runs against a throwaway SQLite registry in tmp_path with the tiny Llama and fresh LoRA
+adapters; nothing touches the network or the repository's own mlflow.db.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+from pipeline import tool_env
+from workspace import evaluate_metrics, make_adapters, make_workspace, pipeline_run
+
+from detoxsum.config import RegisterConfig, build_config
+from detoxsum.errors import ModelLoadError, ParamsError
+from detoxsum.registry import (
+    CANDIDATE,
+    CHAMPION,
+    GateScores,
+    decide,
+    embedded_uri,
+    gate_scores,
+    load_model,
+    promotion_decision,
+    register_pipeline_run,
+    tracking_uri,
+)
+
+CFG = RegisterConfig(model_name="tiny-summarizer", experiment="tests", rouge_tolerance=0.5)
+DIALOGUES = ["#Person1#: The train is late again.\n#Person2#: Then we take the bike.",
+             "#Person1#: Lunch on Friday?\n#Person2#: Sure, at the garden cafe."]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_llama_dir):
+    return make_adapters(tiny_llama_dir, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """An empty embedded registry in tmp_path, whatever MLFLOW_TRACKING_URI the caller has set."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def register(root, run, cfg=CFG):
+    return register_pipeline_run(run, cfg, embedded_uri(root), root)
+
+
+def aliases(root, cfg=CFG):
+    client = MlflowClient(tracking_uri=embedded_uri(root), registry_uri=embedded_uri(root))
+    model = client.get_registered_model(cfg.model_name)
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def version_count(root, cfg=CFG):
+    client = MlflowClient(tracking_uri=embedded_uri(root), registry_uri=embedded_uri(root))
+    return len(client.search_model_versions(f"name = '{cfg.model_name}'"))
+
+
+# --- the gate, as a pure function -----------------------------------------------------------------
+
+
+def test_first_model_is_promoted_for_lack_of_a_champion():
+    decision = promotion_decision(GateScores(rouge=1.0, toxicity=0.9), None, CFG)
+    assert decision.promote and decision.reason == "no champion yet"
+
+
+def test_promoted_when_rouge_within_tolerance_and_not_more_toxic():
+    decision = promotion_decision(GateScores(29.6, 0.05), GateScores(30.0, 0.05), CFG, "champion v2")
+    assert decision.promote
+    assert "rougeL 29.60 >= 29.50" in decision.reason and "champion v2" in decision.reason
+
+
+def test_refused_when_rouge_drops_beyond_tolerance():
+    decision = promotion_decision(GateScores(29.4, 0.01), GateScores(30.0, 0.05), CFG)
+    assert not decision.promote
+    assert decision.reason.startswith("rougeL 29.40 < 29.50") and "toxicity" not in decision.reason
+
+
+def test_refused_when_more_toxic_and_both_failures_are_named():
+    more_toxic = promotion_decision(GateScores(31.0, 0.06), GateScores(30.0, 0.05), CFG)
+    assert not more_toxic.promote and "toxicity_profanity_check_mean 0.0600 > 0.0500" in more_toxic.reason
+    both = promotion_decision(GateScores(20.0, 0.06), GateScores(30.0, 0.05), CFG)
+    assert "rougeL" in both.reason and "toxicity" in both.reason
+
+
+def test_unknown_toxicity_classifier_names_the_params_key():
+    cfg = RegisterConfig(toxicity_classifier="roberta")
+    with pytest.raises(ParamsError, match="register.toxicity_classifier.*profanity_check"):
+        gate_scores(evaluate_metrics(20.0, 0.1), cfg)
+
+
+def test_champion_without_recorded_scores_is_not_replaced_silently():
+    champion, candidate = SimpleNamespace(version="2", tags={}), SimpleNamespace(version="3", tags={})
+    decision = decide(candidate, champion, GateScores(30.0, 0.0), CFG)
+    assert not decision.promote and decision.reason.startswith("champion v2 has no tags 'rougeL'")
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"rouge_metric": "bleu"}, "register.rouge_metric"),
+    ({"model": "base"}, "register.model"),
+    ({"model_name": "my model"}, "register.model_name"),
+    ({"rouge_tolerance": -1}, "register.rouge_tolerance"),
+])
+def test_register_params_are_validated(values, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        build_config(RegisterConfig, values, "register")
+
+
+def test_tracking_uri_is_the_repo_sqlite_file_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
+    assert tracking_uri(tmp_path) == "http://mlflow.team:5000"
+
+
+# --- against a SQLite registry --------------------------------------------------------------------
+
+
+def test_versions_aliases_and_promotion_both_ways(registry, adapters, tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("DETOXSUM_TEST_SECRET", "hunter2-not-for-logs")
+    first = register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
+    assert (first["version"], first["promoted"], first["reason"]) == (1, True, "no champion yet")
+    assert aliases(registry) == {CANDIDATE: 1, CHAMPION: 1}
+
+    better = register(registry, pipeline_run("b" * 40, 25.0, 0.05, adapters, tiny_llama_dir))
+    assert better["promoted"] and better["champion_version"] == 2 and better["previous_champion_version"] == 1
+    assert aliases(registry) == {CANDIDATE: 2, CHAMPION: 2}
+
+    worse = register(registry, pipeline_run("c" * 40, 10.0, 0.05, adapters, tiny_llama_dir))
+    assert not worse["promoted"] and worse["version"] == 3 and worse["champion_version"] == 2
+    assert "rougeL 10.00 < 24.50 (champion v2 25.00" in worse["reason"]
+    assert aliases(registry) == {CANDIDATE: 3, CHAMPION: 2}
+
+    more_toxic = register(registry, pipeline_run("d" * 40, 25.0, 0.30, adapters, tiny_llama_dir))
+    assert not more_toxic["promoted"] and "toxicity_profanity_check_mean 0.3000 > 0.0500" in more_toxic["reason"]
+    assert aliases(registry) == {CANDIDATE: 4, CHAMPION: 2}
+    assert_nothing_secret_logged(registry, "hunter2")
+
+
+def assert_nothing_secret_logged(root, secret):
+    client = MlflowClient(tracking_uri=embedded_uri(root), registry_uri=embedded_uri(root))
+    for run in client.search_runs([client.get_experiment_by_name(CFG.experiment).experiment_id]):
+        recorded = json.dumps({"params": run.data.params, "tags": run.data.tags})
+        assert secret not in recorded and "DETOXSUM_TEST_SECRET" not in recorded
+        assert run.data.params["train_lora.lr"] == "0.001" and "evaluate.ppo.rougeL" in run.data.metrics
+        assert run.data.tags["git_commit"] and run.data.tags["dvc_lock_sha256"] == "0" * 64
+
+
+def test_same_commit_and_metrics_reuse_the_version(registry, adapters, tiny_llama_dir):
+    run = pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir)
+    first, again = register(registry, run), register(registry, run)
+    assert (again["version"], again["reused_version"], first["reused_version"]) == (1, True, False)
+    assert again["promoted"] and "already the champion" in again["reason"]
+    assert version_count(registry) == 1
+
+    new_metrics = register(registry, pipeline_run("a" * 40, 21.0, 0.10, adapters, tiny_llama_dir))
+    assert new_metrics["version"] == 2 and not new_metrics["reused_version"]
+
+
+def test_champion_loads_and_summarizes_offline(registry, adapters, tiny_llama_dir):
+    # The base is only referenced (a path here, a package or Hub id in real use): the version holds adapters.
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
+    assert not list((registry / "mlruns").rglob("model.safetensors"))
+    model = load_model(f"models:/{CFG.model_name}@champion", registry)
+    summaries = model.predict(DIALOGUES)
+    assert len(summaries) == 2 and all(isinstance(summary, str) for summary in summaries)
+
+
+def test_bundled_base_model_makes_the_version_self_contained(registry, adapters, tiny_llama_dir, tmp_path_factory):
+    # A copy of the base that is deleted after registering: loading must use the logged copy.
+    base_copy = tmp_path_factory.mktemp("gone") / "model"
+    shutil.copytree(tiny_llama_dir, base_copy)
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, base_copy, bundle=base_copy))
+    shutil.rmtree(base_copy)
+    model = load_model(f"models:/{CFG.model_name}@{CHAMPION}", registry)
+    assert len(model.predict(DIALOGUES[:1])) == 1
+
+
+def test_unknown_model_uri_is_a_model_load_error(registry, adapters, tiny_llama_dir):
+    with pytest.raises(ModelLoadError, match="no registry here"):
+        load_model("models:/nobody@champion", registry)  # no mlflow.db: not silently created
+    assert not (registry / "mlflow.db").exists()
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
+    with pytest.raises(ModelLoadError, match="unknown model URI 'models:/nobody@champion'"):
+        load_model("models:/nobody@champion", registry)
+
+
+def test_stage_registers_once_per_result(tmp_path, adapters, tiny_llama_dir):
+    """The stage command on a workspace, twice: one version, the decision file, the dvc.lock hash."""
+    workspace = make_workspace(tmp_path / "repo", tiny_llama_dir, adapters)
+    env = {key: value for key, value in tool_env().items() if key != "MLFLOW_TRACKING_URI"}
+    env["DVC_ROOT"] = str(workspace)
+    command = [sys.executable, "-m", "detoxsum.stages.register"]
+    for attempt in range(2):
+        result = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        decision = json.loads((workspace / "metrics" / "register.json").read_text())
+        assert decision["version"] == 1 and decision["reused_version"] is (attempt == 1)
+        assert decision["promoted"] and decision["model_name"] == "detoxsum-summarizer"
+    assert (workspace / "mlflow.db").is_file() and (workspace / "mlruns").is_dir()
+    client = MlflowClient(tracking_uri=embedded_uri(workspace), registry_uri=embedded_uri(workspace))
+    version = client.get_model_version_by_alias("detoxsum-summarizer", CHAMPION)
+    assert version.tags["base_model"] == str(tiny_llama_dir) and version.tags["git_commit"] == "unknown"
+    # fetch.model is a local folder, so the version carries the weights
+    assert list(Path(workspace, "mlruns").rglob("model.safetensors"))
