@@ -329,3 +329,13 @@ def test_bf16_weight_storage_matches_autocast_over_fp32_weights(tiny_model_dir):
     assert torch.equal(sample_responses(cast_per_call, prompts, max_new_tokens=6).response_ids, rollout.response_ids)
     with torch.no_grad():
         assert torch.equal(forward_policy(stored_bf16, rollout)[0], forward_policy(cast_per_call, rollout)[0])
+
+
+def test_hardest_dialogues_keeps_the_lowest_rewarded_in_order():
+    from detoxsum.ppo import hardest_dialogues
+
+    dialogues = ["calm", "rude rude", "fine", "rude"]
+    reward_fn = lambda texts: -torch.tensor([float(t.count("rude")) for t in texts])  # noqa: E731
+    assert hardest_dialogues(dialogues, reward_fn, 2) == ["rude rude", "rude"]
+    assert hardest_dialogues(dialogues, reward_fn, None) == dialogues
+    assert hardest_dialogues(dialogues, reward_fn, 10) == dialogues

@@ -187,6 +187,9 @@ class TrainPPOConfig:
     reward_clip: float | None = None
     max_grad_norm: float = 1.0
     early_stop_approx_kl: float | None = 1.0  # stop the epoch loop once approx KL exceeds this
+    # Train on the N training dialogues the reward model scores lowest (the most toxic), so every
+    # rollout batch carries a detox signal; null uses every training dialogue.
+    hardest_prompts: int | None = None
     reward: RewardSpec = field(default_factory=RewardSpec)
 
     def __post_init__(self) -> None:
@@ -201,6 +204,10 @@ class TrainPPOConfig:
             _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
         _require(self.kl_coef >= 0, "train_ppo.kl_coef", "must be >= 0")
         _require(self.kl_horizon > 0, "train_ppo.kl_horizon", "must be > 0")
+        _require(self.hardest_prompts is None or self.hardest_prompts > 0, "train_ppo.hardest_prompts",
+                 "must be null or > 0")
+        _require(self.reward_clip is None or self.reward_clip > 0, "train_ppo.reward_clip",
+                 "must be null or > 0 (0 would zero every reward)")
 
     @property
     def num_minibatches(self) -> int:

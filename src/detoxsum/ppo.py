@@ -206,7 +206,7 @@ def kl_controller(cfg: TrainPPOConfig) -> AdaptiveKLController | FixedKLControll
 
 class ValueHead(nn.Module):
     """V(s_t) = w . h_t + b on the last hidden state. Zero-initialised (as in lm-human-preferences),
-    so the first values are 0 and the first advantages are the discounted rewards."""
+    so the first values are 0 and the first advantages are the (gamma * lam)-discounted rewards."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -308,6 +308,19 @@ def forward_policy(ppo: PPOModel, batch: Rollout) -> tuple[torch.Tensor, torch.T
 
 def render_prompts(dialogues: list[str], ppo: PPOModel, base: BaseConfig) -> list[str]:
     return [fit_dialogue(ppo.tokenizer, ppo.family, base.prompt, d, base.max_source_tokens) for d in dialogues]
+
+
+def hardest_dialogues(dialogues: list[str], reward_fn: RewardFn, count: int | None) -> list[str]:
+    """The `count` dialogues whose own text the reward model scores lowest, most toxic first.
+
+    A dialogue full of insults is where a summarizer is tempted to repeat them; training on those
+    keeps the reward informative in every batch instead of near-constant on polite chats.
+    """
+    if count is None or count >= len(dialogues):
+        return list(dialogues)
+    scores = reward_fn(list(dialogues)).tolist()
+    order = sorted(range(len(dialogues)), key=lambda index: scores[index])
+    return [dialogues[index] for index in order[:count]]
 
 
 def prompt_batches(prompts: list[str], batch_size: int, seed: int) -> Iterator[list[str]]:

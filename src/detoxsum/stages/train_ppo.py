@@ -18,7 +18,9 @@ from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
-from detoxsum.ppo import build_ppo_model, render_prompts, save_ppo_model, summarize_history, train_ppo
+from detoxsum.ppo import (
+    build_ppo_model, hardest_dialogues, render_prompts, save_ppo_model, summarize_history, train_ppo,
+)
 from detoxsum.reward import build_reward_model
 
 MODEL_DIR = Path("artifacts/model")
@@ -33,8 +35,9 @@ def main() -> None:
     base = load_stage_config("base")
     cfg = load_stage_config("train_ppo")
     set_seed(base.seed)
-    dialogues = list(read_jsonl_split(TRAIN_FILE)["dialogue"])
     reward_model = build_reward_model(cfg.reward)
+    dialogues = hardest_dialogues(list(read_jsonl_split(TRAIN_FILE)["dialogue"]), reward_model.rewards,
+                                  cfg.hardest_prompts)
     ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, bf16=base.bf16).to(device())
     prompts = render_prompts(dialogues, ppo, base)
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
