@@ -9,8 +9,9 @@ from datasets import Dataset
 from detoxsum.config import BaseConfig, EvaluateConfig
 from detoxsum.data import group_references
 from detoxsum.metrics import percent_change, rouge, toxicity_stats
-from detoxsum.modeling import device, fit_dialogue, generate_summaries, load_with_adapters
+from detoxsum.modeling import device, load_with_adapters
 from detoxsum.reward import ToxicityScorer
+from detoxsum.summarizer import GenerationSettings, Summarizer
 
 
 def evaluate_variants(
@@ -42,9 +43,8 @@ def summarize(model_dir: Path, adapters: list[Path], dialogues: list[str], base:
               cfg: EvaluateConfig, desc: str) -> list[str]:
     model, tokenizer, family = load_with_adapters(model_dir, adapters)
     model.to(device())
-    prompts = [fit_dialogue(tokenizer, family, base.prompt, d, base.max_source_tokens) for d in dialogues]
-    return generate_summaries(model, tokenizer, family, prompts, cfg.batch_size, cfg.max_new_tokens,
-                              cfg.num_beams, bf16=base.bf16, desc=desc)
+    summarizer = Summarizer(model, tokenizer, family, GenerationSettings.from_configs(base, cfg))
+    return summarizer.summarize(dialogues, show_progress=True, desc=desc)
 
 
 def score_summaries(summaries: list[str], references: list[list[str]], toxicity: dict[str, list[float]]) -> dict:

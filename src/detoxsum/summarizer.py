@@ -53,13 +53,13 @@ class Summarizer:
     def __init__(self, model, tokenizer, family, settings: GenerationSettings):
         self.model, self.tokenizer, self.family, self.settings = model, tokenizer, family, settings
 
-    def summarize(self, dialogues: list[str], show_progress: bool = False) -> list[str]:
+    def summarize(self, dialogues: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
         settings = self.settings
         prompts = [fit_dialogue(self.tokenizer, self.family, settings.prompt, dialogue, settings.max_source_tokens)
                    for dialogue in dialogues]
         return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
                                   settings.max_new_tokens, settings.num_beams, bf16=settings.bf16,
-                                  desc="summarize", show_progress=show_progress)
+                                  desc=desc, show_progress=show_progress)
 
 
 def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings: GenerationSettings) -> Summarizer:
