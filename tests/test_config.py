@@ -65,3 +65,9 @@ def test_unknown_stage_and_missing_file(tmp_path):
         load_stage_config("base", tmp_path / "params.yaml")
     with pytest.raises(ParamsError, match="not found"):
         load_stage_config("base", tmp_path / "missing.yaml")
+
+
+def test_ppo_reward_baseline_is_one_of_the_known_kinds():
+    with pytest.raises(ParamsError, match=r"train_ppo\.reward_baseline"):
+        build_config(TrainPPOConfig, {"reward_baseline": "mean"}, "train_ppo")
+    assert build_config(TrainPPOConfig, {"reward_baseline": "greedy"}, "train_ppo").reward_baseline == "greedy"

@@ -25,9 +25,11 @@ from detoxsum.ppo import (
     FixedKLController,
     build_ppo_model,
     collect_rollout,
+    decode_responses,
     entropy_from_logits,
     forward_policy,
     gae_advantages,
+    greedy_baselines,
     kl_penalized_rewards,
     load_value_head,
     logprobs_from_logits,
@@ -235,10 +237,12 @@ def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path):
     assert torch.equal(rollout.values, torch.zeros_like(rollout.values))  # zero-initialised value head
 
 
-def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("reward_baseline", ["none", "greedy"])
+def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_model_dir, tmp_path, reward_baseline):
     model_dir = sharpened_copy(tiny_model_dir, tmp_path / "model")
     cfg = TrainPPOConfig(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=4, lr=2e-2, r=8, alpha=16,
-                         max_new_tokens=8, kl_coef=0.01, adaptive_kl=False, early_stop_approx_kl=None)
+                         max_new_tokens=8, kl_coef=0.01, adaptive_kl=False, early_stop_approx_kl=None,
+                         reward_baseline=reward_baseline)
     ppo = build_ppo_model(model_dir, [], cfg)
     frozen = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" not in name}
     adapter = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" in name}
@@ -257,16 +261,59 @@ def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_mode
     assert ppo.value_head.linear.weight.abs().sum() > 0
 
 
+def perturb_adapter(ppo, seed: int) -> None:
+    """Stand in for training: non-zero PPO B matrices, so the policy leaves the reference."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in ppo.policy.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+def test_greedy_baselines_score_the_reference_greedy_summary_once_per_prompt(tiny_model_dir, tmp_path):
+    cfg = TrainPPOConfig(r=4, alpha=8)
+    ppo = build_ppo_model(sharpened_copy(tiny_model_dir, tmp_path), [], cfg)  # greedy text moves with the adapter
+    prompts = render_prompts(["A: Rain again.\nB: Yes.", "A: Lunch?\nB: Sure.", "A: Late?\nB: No."], ppo,
+                             BaseConfig(max_source_tokens=128))
+    assert len(set(prompts)) == 3
+    greedy = sample_responses(ppo, prompts, max_new_tokens=6, greedy=True)  # policy == reference here
+    expected = vowel_count(decode_responses(ppo.tokenizer, greedy.response_ids, greedy.response_mask)).tolist()
+    perturb_adapter(ppo, seed=5)
+    perturbed = sample_responses(ppo, prompts, max_new_tokens=6, greedy=True)
+    assert not torch.equal(perturbed.response_ids, greedy.response_ids)
+    scored: list[str] = []
+
+    def counting_reward(texts: list[str]) -> torch.Tensor:
+        scored.extend(texts)
+        return vowel_count(texts)
+
+    baselines = greedy_baselines(ppo, prompts + prompts[:1], counting_reward, max_new_tokens=6, batch_size=2)
+    assert baselines == dict(zip(prompts, expected))  # from the reference, not the perturbed adapter
+    assert len(scored) == len(prompts)  # the repeated prompt is generated and scored once
+
+
+def test_collect_rollout_subtracts_each_prompts_baseline_from_its_score(tiny_model_dir):
+    cfg = TrainPPOConfig(batch_size=3, minibatch_size=1, max_new_tokens=6)
+    ppo = build_ppo_model(tiny_model_dir, [], cfg)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(3)], ppo, SHORT_BASE)
+    baselines = torch.tensor([1.0, -2.0, 0.5])
+    torch.manual_seed(0)
+    raw, raw_stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
+    torch.manual_seed(0)
+    shifted, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05, baselines=baselines)
+    assert torch.equal(shifted.response_ids, raw.response_ids)
+    torch.testing.assert_close(shifted.scores, raw.scores - baselines)
+    assert stats["reward_mean"] == raw_stats["reward_mean"] == raw_stats["reward_gain_mean"]
+    assert stats["reward_gain_mean"] == pytest.approx(raw_stats["reward_mean"] - baselines.mean().item())
+
+
 def test_saved_adapter_and_value_head_reload_on_top_of_the_sft_adapter(tiny_model_dir, tmp_path):
     cfg = TrainPPOConfig(r=4, alpha=8)
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
     ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():  # stand in for training: non-zero PPO B matrices and value head
-        for name, parameter in ppo.policy.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-        ppo.value_head.linear.weight.normal_(generator=generator)
+    perturb_adapter(ppo, seed=5)
+    with torch.no_grad():  # and a trained-looking value head
+        ppo.value_head.linear.weight.normal_(generator=torch.Generator().manual_seed(6))
     save_ppo_model(ppo, tmp_path / "ppo")
 
     reloaded, tokenizer, family = load_with_adapters(tiny_model_dir, [sft_dir, tmp_path / "ppo"])

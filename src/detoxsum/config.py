@@ -190,9 +190,14 @@ class TrainPPOConfig:
     # Train on the N training dialogues the reward model scores lowest (the most toxic), so every
     # rollout batch carries a detox signal; null uses every training dialogue.
     hardest_prompts: int | None = None
+    # "greedy": subtract the reward of the SFT model's greedy summary of the same dialogue from every
+    # sample's score (a per-prompt baseline, see ppo.greedy_baselines); "none": raw scores.
+    reward_baseline: str = "greedy"
     reward: RewardSpec = field(default_factory=RewardSpec)
 
     def __post_init__(self) -> None:
+        _require(self.reward_baseline in ("none", "greedy"), "train_ppo.reward_baseline",
+                 f"must be 'none' or 'greedy', got {self.reward_baseline!r}")
         for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "r", "alpha", "max_new_tokens"):
             _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
         _require(self.batch_size % self.minibatch_size == 0, "train_ppo.minibatch_size",

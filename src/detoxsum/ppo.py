@@ -8,7 +8,10 @@ towards a target KL by their adaptive controller. The engineering follows Huang,
 log-probs recomputed in a forward pass rather than taken from generate; dropout off so those
 log-probs are deterministic; GAE over response tokens; advantages whitened over the batch;
 clipped policy and value losses; several epochs of shuffled minibatches; a zero-initialised value
-head; Adam with eps 1e-5.
+head; Adam with eps 1e-5. One addition (`train_ppo.reward_baseline: greedy`): each score is taken
+relative to the reward of the SFT model's greedy summary of the same dialogue (ReMax's baseline,
+Li et al. 2023), which keeps the advantages about the summary rather than about the dialogue when a
+run has only a few hundred samples.
 
 Why hand-written: trl >= 1.13 removed PPOTrainer and AutoModelForSeq2SeqLMWithValueHead (PR #7020),
 and its remaining online trainers (GRPO, RLOO) slice completions out of prompt+completion
@@ -354,14 +357,15 @@ class Rollout:
 
 
 @torch.no_grad()
-def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int) -> Rollout:
-    """Pure sampling (temperature 1, no top-k/top-p) so the samples come from pi itself."""
+def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int, greedy: bool = False) -> Rollout:
+    """Pure sampling (temperature 1, no top-k/top-p) so the samples come from pi itself; or greedy."""
     stops = stop_token_ids(ppo.tokenizer)
     prompt = pad_prompts(ppo.tokenizer, ppo.family, prompts, ppo.device)
+    decoding = {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     with autocast(ppo.device, ppo.bf16):
         generated = ppo.policy.generate(
-            **prompt, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            eos_token_id=stops, pad_token_id=ppo.tokenizer.pad_token_id,
+            **prompt, **decoding, max_new_tokens=max_new_tokens, eos_token_id=stops,
+            pad_token_id=ppo.tokenizer.pad_token_id,
         )
     response_ids = ppo.family.response_ids(generated, prompt["input_ids"].shape[1])
     response_mask = response_mask_until_stop(response_ids, stops)
@@ -376,13 +380,38 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
             for row, n in zip(response_ids, lengths)]
 
 
+@torch.no_grad()
+def greedy_baselines(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, max_new_tokens: int,
+                     batch_size: int) -> dict[str, float]:
+    """Reward of the reference (SFT) policy's greedy summary of each distinct prompt.
+
+    ReMax (Li et al. 2023, arXiv:2310.10505) uses the greedy response's reward as a baseline.
+    Here it is subtracted from the score of every sample of that prompt: a per-prompt constant,
+    so the KL-regularised optimum does not move, but with a handful of samples per step and a
+    value head that starts at zero, the advantage then says "less toxic than the SFT summary of
+    this dialogue" rather than mostly "this dialogue was not an argument".
+    """
+    distinct = list(dict.fromkeys(prompts))
+    baselines: dict[str, float] = {}
+    with ppo.policy.disable_adapter():
+        for start in range(0, len(distinct), batch_size):
+            chunk = distinct[start : start + batch_size]
+            greedy = sample_responses(ppo, chunk, max_new_tokens, greedy=True)
+            scores = reward_fn(decode_responses(ppo.tokenizer, greedy.response_ids, greedy.response_mask))
+            baselines.update(zip(chunk, scores.float().tolist()))
+    return baselines
+
+
 # --- one PPO iteration --------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: TrainPPOConfig,
-                    beta: float) -> tuple[Rollout, dict[str, float]]:
-    """Steps 1-6 of a PPO iteration: experience with advantages, ready for the update."""
+                    beta: float, baselines: torch.Tensor | None = None) -> tuple[Rollout, dict[str, float]]:
+    """Steps 1-6 of a PPO iteration: experience with advantages, ready for the update.
+
+    `baselines` (one per prompt, see `greedy_baselines`) are subtracted from the reward-model scores.
+    """
     started = time.perf_counter()
     # 1. rollout: sample a summary per prompt and score its text alone
     rollout = sample_responses(ppo, prompts, cfg.max_new_tokens)
@@ -405,8 +434,9 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     rollout.ref_logprobs = logprobs_from_logits(ref_logits, rollout.response_ids)
     del ref_logits
 
-    # 4. rewards: score at the last token, -beta * KL per token
-    rollout.scores = raw_scores if cfg.reward_clip is None else raw_scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    # 4. rewards: score (minus the prompt's baseline) at the last token, -beta * KL per token
+    gains = raw_scores if baselines is None else raw_scores - baselines.to(raw_scores)
+    rollout.scores = gains if cfg.reward_clip is None else gains.clamp(-cfg.reward_clip, cfg.reward_clip)
     rollout.rewards = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
     if cfg.whiten_rewards:
         rollout.rewards = masked_whiten(rollout.rewards, mask, shift_mean=False) * mask
@@ -421,6 +451,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     stats = {
         "reward_mean": raw_scores.mean().item(),
         "reward_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
+        "reward_gain_mean": gains.mean().item(),  # over the baseline; equals reward_mean without one
         "kl": sequence_kl.mean().item(),
         "entropy": entropy.item(),
         "beta": beta,
@@ -467,9 +498,11 @@ def ppo_epochs(ppo: PPOModel, optimizer: torch.optim.Optimizer, rollout: Rollout
 
 
 def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, kl_ctl, prompts: list[str], reward_fn: RewardFn,
-             cfg: TrainPPOConfig, generator: torch.Generator) -> dict[str, float]:
+             cfg: TrainPPOConfig, generator: torch.Generator,
+             baselines: dict[str, float] | None = None) -> dict[str, float]:
     """One PPO iteration on a batch of prompts; returns its statistics."""
-    rollout, stats = collect_rollout(ppo, prompts, reward_fn, cfg, kl_ctl.value)  # steps 1-6
+    batch_baselines = None if baselines is None else torch.tensor([baselines[p] for p in prompts])
+    rollout, stats = collect_rollout(ppo, prompts, reward_fn, cfg, kl_ctl.value, batch_baselines)  # steps 1-6
 
     # 7. PPO epochs over shuffled minibatches
     started = time.perf_counter()
@@ -493,11 +526,14 @@ def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: Train
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr, eps=ADAM_EPS, weight_decay=0.0)
     kl_ctl = kl_controller(cfg)
+    baselines = None
+    if cfg.reward_baseline == "greedy":
+        baselines = greedy_baselines(ppo, prompts, reward_fn, cfg.max_new_tokens, cfg.batch_size)
     batches = prompt_batches(prompts, cfg.batch_size, seed)
     history = []
     progress = tqdm(range(cfg.steps), desc="ppo", unit="step")
     for _step in progress:
-        stats = ppo_step(ppo, optimizer, kl_ctl, next(batches), reward_fn, cfg, generator)
+        stats = ppo_step(ppo, optimizer, kl_ctl, next(batches), reward_fn, cfg, generator, baselines)
         history.append(stats)
         progress.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
         if on_step is not None:
