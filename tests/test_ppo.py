@@ -19,13 +19,12 @@ from conftest import fixture_rows
 
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.lora import attach_lora, lora_targets
-from detoxsum.modeling import load_model, load_with_adapters, pad_prompts, stop_token_ids
+from detoxsum.modeling import generate_summaries, load_model, load_with_adapters, pad_prompts, stop_token_ids
 from detoxsum.ppo import (
     AdaptiveKLController,
     FixedKLController,
     build_ppo_model,
     collect_rollout,
-    decode_responses,
     entropy_from_logits,
     forward_policy,
     gae_advantages,
@@ -175,15 +174,20 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target_kl():
 # --- the model ------------------------------------------------------------------------------------
 
 
+def randomize_lora_b(model: torch.nn.Module, seed: int) -> None:
+    """Stand in for training: random, non-zero LoRA B matrices, so the adapter changes the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
 def save_sft_adapter(model_dir: Path, out_dir: Path) -> Path:
     """A stand-in for train_lora's adapter: random, non-zero B matrices, so merging it matters."""
     model, _, family = load_model(model_dir)
     peft_model = attach_lora(model, family, r=4, alpha=8, dropout=0.0, targets=lora_targets(model, None))
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    randomize_lora_b(peft_model, seed=3)
     peft_model.save_pretrained(out_dir)
     return out_dir
 
@@ -261,26 +265,16 @@ def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_mode
     assert ppo.value_head.linear.weight.abs().sum() > 0
 
 
-def perturb_adapter(ppo, seed: int) -> None:
-    """Stand in for training: non-zero PPO B matrices, so the policy leaves the reference."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in ppo.policy.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-
-
 def test_greedy_baselines_score_the_reference_greedy_summary_once_per_prompt(tiny_model_dir, tmp_path):
     cfg = TrainPPOConfig(r=4, alpha=8)
     ppo = build_ppo_model(sharpened_copy(tiny_model_dir, tmp_path), [], cfg)  # greedy text moves with the adapter
     prompts = render_prompts(["A: Rain again.\nB: Yes.", "A: Lunch?\nB: Sure.", "A: Late?\nB: No."], ppo,
                              BaseConfig(max_source_tokens=128))
     assert len(set(prompts)) == 3
-    greedy = sample_responses(ppo, prompts, max_new_tokens=6, greedy=True)  # policy == reference here
-    expected = vowel_count(decode_responses(ppo.tokenizer, greedy.response_ids, greedy.response_mask)).tolist()
-    perturb_adapter(ppo, seed=5)
-    perturbed = sample_responses(ppo, prompts, max_new_tokens=6, greedy=True)
-    assert not torch.equal(perturbed.response_ids, greedy.response_ids)
+    greedy = generate_summaries(ppo.policy, ppo.tokenizer, ppo.family, prompts, 3, 6, show_progress=False)
+    expected = vowel_count(greedy).tolist()  # policy == reference here
+    randomize_lora_b(ppo.policy, seed=5)
+    assert generate_summaries(ppo.policy, ppo.tokenizer, ppo.family, prompts, 3, 6, show_progress=False) != greedy
     scored: list[str] = []
 
     def counting_reward(texts: list[str]) -> torch.Tensor:
@@ -311,7 +305,7 @@ def test_saved_adapter_and_value_head_reload_on_top_of_the_sft_adapter(tiny_mode
     cfg = TrainPPOConfig(r=4, alpha=8)
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
     ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg)
-    perturb_adapter(ppo, seed=5)
+    randomize_lora_b(ppo.policy, seed=5)
     with torch.no_grad():  # and a trained-looking value head
         ppo.value_head.linear.weight.normal_(generator=torch.Generator().manual_seed(6))
     save_ppo_model(ppo, tmp_path / "ppo")

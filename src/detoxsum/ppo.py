@@ -55,6 +55,7 @@ from detoxsum.modeling import (
     Family,
     autocast,
     fit_dialogue,
+    generate_summaries,
     load_model,
     load_with_adapters,
     pad_prompts,
@@ -357,15 +358,14 @@ class Rollout:
 
 
 @torch.no_grad()
-def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int, greedy: bool = False) -> Rollout:
-    """Pure sampling (temperature 1, no top-k/top-p) so the samples come from pi itself; or greedy."""
+def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int) -> Rollout:
+    """Pure sampling (temperature 1, no top-k/top-p) so the samples come from pi itself."""
     stops = stop_token_ids(ppo.tokenizer)
     prompt = pad_prompts(ppo.tokenizer, ppo.family, prompts, ppo.device)
-    decoding = {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     with autocast(ppo.device, ppo.bf16):
         generated = ppo.policy.generate(
-            **prompt, **decoding, max_new_tokens=max_new_tokens, eos_token_id=stops,
-            pad_token_id=ppo.tokenizer.pad_token_id,
+            **prompt, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            eos_token_id=stops, pad_token_id=ppo.tokenizer.pad_token_id,
         )
     response_ids = ppo.family.response_ids(generated, prompt["input_ids"].shape[1])
     response_mask = response_mask_until_stop(response_ids, stops)
@@ -392,14 +392,10 @@ def greedy_baselines(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, max
     this dialogue" rather than mostly "this dialogue was not an argument".
     """
     distinct = list(dict.fromkeys(prompts))
-    baselines: dict[str, float] = {}
     with ppo.policy.disable_adapter():
-        for start in range(0, len(distinct), batch_size):
-            chunk = distinct[start : start + batch_size]
-            greedy = sample_responses(ppo, chunk, max_new_tokens, greedy=True)
-            scores = reward_fn(decode_responses(ppo.tokenizer, greedy.response_ids, greedy.response_mask))
-            baselines.update(zip(chunk, scores.float().tolist()))
-    return baselines
+        summaries = generate_summaries(ppo.policy, ppo.tokenizer, ppo.family, distinct, batch_size, max_new_tokens,
+                                       bf16=ppo.bf16, show_progress=False)
+    return dict(zip(distinct, reward_fn(summaries).float().tolist()))
 
 
 # --- one PPO iteration --------------------------------------------------------------------------------
