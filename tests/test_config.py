@@ -71,3 +71,16 @@ def test_ppo_reward_baseline_is_one_of_the_known_kinds():
     with pytest.raises(ParamsError, match=r"train_ppo\.reward_baseline"):
         build_config(TrainPPOConfig, {"reward_baseline": "mean"}, "train_ppo")
     assert build_config(TrainPPOConfig, {"reward_baseline": "greedy"}, "train_ppo").reward_baseline == "greedy"
+
+
+def test_ppo_reward_score_by_is_checked():
+    with pytest.raises(ParamsError, match=r"train_ppo\.reward\.score_by"):
+        build_config(TrainPPOConfig, {"reward": {"score_by": "mean_sentence"}}, "train_ppo")
+    cfg = build_config(TrainPPOConfig, {"reward": {"score_by": "worst_sentence"}}, "train_ppo")
+    assert cfg.reward.score_by == "worst_sentence"
+
+
+def test_ppo_top_layers_must_be_positive():
+    with pytest.raises(ParamsError, match=r"train_ppo\.top_layers"):
+        build_config(TrainPPOConfig, {"top_layers": 0}, "train_ppo")
+    assert build_config(TrainPPOConfig, {"top_layers": 10}, "train_ppo").top_layers == 10

@@ -6,7 +6,7 @@ from datasets import Dataset
 from detoxsum.config import TrainLoraConfig
 from detoxsum.data import tokenize_split
 from detoxsum.errors import ParamsError
-from detoxsum.lora import lora_targets, train_lora
+from detoxsum.lora import lora_targets, top_layer_targets, train_lora
 from detoxsum.modeling import load_model
 
 
@@ -18,6 +18,18 @@ def test_default_targets_per_architecture(tiny_t5_dir, tiny_llama_dir):
 def test_unknown_target_module_names_the_key(tiny_llama_dir):
     with pytest.raises(ParamsError, match=r"train_lora\.target_modules.*'q'"):
         lora_targets(load_model(tiny_llama_dir)[0], ["q"])
+
+
+def test_top_layer_targets_are_the_last_decoder_layers(tiny_t5_dir, tiny_llama_dir):
+    llama = load_model(tiny_llama_dir)[0]  # 2 layers
+    assert top_layer_targets(llama, ["q_proj", "v_proj"], 1) == ["model.layers.1.self_attn.q_proj",
+                                                                 "model.layers.1.self_attn.v_proj"]
+    assert len(top_layer_targets(llama, ["q_proj"], 5)) == 2  # more layers than the model has: all of them
+    t5_targets = top_layer_targets(load_model(tiny_t5_dir)[0], ["q", "v"], 1)
+    assert t5_targets == ["decoder.block.1.layer.0.SelfAttention.q", "decoder.block.1.layer.0.SelfAttention.v",
+                          "decoder.block.1.layer.1.EncDecAttention.q", "decoder.block.1.layer.1.EncDecAttention.v"]
+    with pytest.raises(ParamsError, match=r"train_ppo\.top_layers"):
+        top_layer_targets(llama, ["embed_tokens"], 1)
 
 
 def test_training_changes_only_the_adapter_and_lowers_loss(tiny_model_dir, tmp_path):

@@ -25,6 +25,7 @@ from detoxsum.ppo import (
     FixedKLController,
     build_ppo_model,
     collect_rollout,
+    ends_at_stop,
     entropy_from_logits,
     forward_policy,
     gae_advantages,
@@ -265,6 +266,13 @@ def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_mode
     assert ppo.value_head.linear.weight.abs().sum() > 0
 
 
+def test_top_layers_puts_the_ppo_adapter_in_the_last_layers_only(tiny_llama_dir):
+    ppo = build_ppo_model(tiny_llama_dir, [], TrainPPOConfig(r=4, alpha=8, top_layers=1))
+    adapted = {name.split(".lora_")[0] for name, p in ppo.policy.named_parameters() if p.requires_grad}
+    assert adapted == {"base_model.model.model.layers.1.self_attn.q_proj",
+                       "base_model.model.model.layers.1.self_attn.v_proj"}
+
+
 def test_greedy_baselines_score_the_reference_greedy_summary_once_per_prompt(tiny_model_dir, tmp_path):
     cfg = TrainPPOConfig(r=4, alpha=8)
     ppo = build_ppo_model(sharpened_copy(tiny_model_dir, tmp_path), [], cfg)  # greedy text moves with the adapter
@@ -299,6 +307,31 @@ def test_collect_rollout_subtracts_each_prompts_baseline_from_its_score(tiny_mod
     torch.testing.assert_close(shifted.scores, raw.scores - baselines)
     assert stats["reward_mean"] == raw_stats["reward_mean"] == raw_stats["reward_gain_mean"]
     assert stats["reward_gain_mean"] == pytest.approx(raw_stats["reward_mean"] - baselines.mean().item())
+
+
+def test_ends_at_stop_tells_finished_responses_from_cut_ones():
+    stop, pad = 2, 0
+    response_ids = torch.tensor([[5, 6, stop, pad], [5, 6, 7, 8], [stop, pad, pad, pad], [5, 6, 7, stop]])
+    mask = response_mask_until_stop(response_ids, [stop])
+    assert ends_at_stop(response_ids, mask, [stop]).tolist() == [True, False, True, True]
+    assert ends_at_stop(response_ids, mask, [stop, 8]).tolist() == [True, True, True, True]
+
+
+def test_collect_rollout_gives_unfinished_summaries_the_unfinished_score(tiny_model_dir):
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=3)
+    cut_cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=3, unfinished_score=-5.0)
+    ppo = build_ppo_model(tiny_model_dir, [], cfg)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
+    torch.manual_seed(0)
+    raw, raw_stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
+    torch.manual_seed(0)
+    cut, stats = collect_rollout(ppo, prompts, vowel_count, cut_cfg, beta=0.05)
+    assert torch.equal(cut.response_ids, raw.response_ids)
+    finished = ends_at_stop(raw.response_ids, raw.response_mask, stop_token_ids(ppo.tokenizer))
+    assert not finished.all()  # 3 tokens are too few for the tiny model's summaries
+    torch.testing.assert_close(cut.scores, torch.where(finished, raw.scores, torch.tensor(-5.0)))
+    assert stats["unfinished_fraction"] == raw_stats["unfinished_fraction"] == 1 - finished.float().mean().item()
+    assert stats["reward_mean"] == raw_stats["reward_mean"]  # the reward model's own score, logged as it is
 
 
 def test_saved_adapter_and_value_head_reload_on_top_of_the_sft_adapter(tiny_model_dir, tmp_path):

@@ -31,3 +31,43 @@ def test_hf_classifier_scores_the_chosen_label(tmp_path):
         assert p_hate + p_not == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ParamsError, match="'toxic' not among"):
         HFClassifierScorer("roberta", str(tmp_path), "toxic")
+
+
+def test_sentences_split_at_end_punctuation_and_line_breaks():
+    from detoxsum.reward import split_sentences
+
+    assert split_sentences("A is kind!  B shouts? C.\nD") == ["A is kind!", "B shouts?", "C.", "D"]
+    assert split_sentences("No break, just 3.5 clauses") == ["No break, just 3.5 clauses"]
+    assert split_sentences("  ") == [""]
+
+
+def test_worst_sentence_reward_is_the_lowest_sentence_reward():
+    import torch
+
+    from detoxsum.reward import WorstSentenceReward
+
+    class CountBadWords:  # reward = -(number of "bad"s in the text)
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def rewards(self, texts):
+            self.seen.extend(texts)
+            return torch.tensor([-float(text.count("bad")) for text in texts])
+
+    inner = CountBadWords()
+    worst = WorstSentenceReward(inner)
+    rewards = worst.rewards(["fine. bad bad. bad", "all fine here", "bad? fine."])
+    assert rewards.tolist() == [-2.0, 0.0, -1.0]
+    assert inner.seen == ["fine.", "bad bad.", "bad", "all fine here", "bad?", "fine."]
+
+
+def test_worst_sentence_profanity_reward_is_not_raised_by_padding_with_neutral_sentences():
+    from detoxsum.config import RewardSpec
+    from detoxsum.reward import build_reward_model
+
+    toxic = "#Person1# calls #Person2# an idiot."
+    padded = toxic + " They agree to meet at the station tomorrow morning at nine."
+    whole = build_reward_model(RewardSpec()).rewards([toxic, padded]).tolist()
+    worst = build_reward_model(RewardSpec(score_by="worst_sentence")).rewards([toxic, padded]).tolist()
+    assert whole[1] > whole[0] + 0.05  # the dilution the option exists to stop
+    assert worst[1] == worst[0]

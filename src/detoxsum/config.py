@@ -154,10 +154,15 @@ class RewardSpec:
     model: str | None = None
     label: str | None = None
     output: str = "logit"  # hf only: "logit" or "prob" of `label`
+    # "summary": score the summary text as a whole; "worst_sentence": a summary's reward is that of
+    # its least rewarded sentence, so padding a toxic sentence with neutral ones does not pay.
+    score_by: str = "summary"
 
     def __post_init__(self) -> None:
         _require(self.kind in ("profanity-check", "hf"), "train_ppo.reward.kind",
                  f"must be 'profanity-check' or 'hf', got {self.kind!r}")
+        _require(self.score_by in ("summary", "worst_sentence"), "train_ppo.reward.score_by",
+                 f"must be 'summary' or 'worst_sentence', got {self.score_by!r}")
         _require(self.output in ("logit", "prob"), "train_ppo.reward.output", "must be 'logit' or 'prob'")
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), "train_ppo.reward", "kind 'hf' needs 'model' and 'label'")
@@ -173,6 +178,9 @@ class TrainPPOConfig:
     r: int = 16
     alpha: int = 32
     target_modules: list[str] | None = None
+    # Put the PPO adapter in the last N decoder layers only (null: every layer). Backpropagation then
+    # stops at the lowest adapted layer, which makes the update epochs the cheaper part of a step.
+    top_layers: int | None = None
     max_new_tokens: int = 48
     gamma: float = 1.0
     lam: float = 0.95
@@ -193,6 +201,10 @@ class TrainPPOConfig:
     # "greedy": subtract the reward of the SFT model's greedy summary of the same dialogue from every
     # sample's score (a per-prompt baseline, see ppo.greedy_baselines); "none": raw scores.
     reward_baseline: str = "greedy"
+    # Score given to a sampled summary that did not reach its end of turn within max_new_tokens, in
+    # place of the reward model's score of the cut text (Huang et al. 2024's "EOS trick"); null keeps
+    # the cut text's score. Set it at or below the reward model's worst score (profanity-check: -1).
+    unfinished_score: float | None = None
     reward: RewardSpec = field(default_factory=RewardSpec)
 
     def __post_init__(self) -> None:
@@ -209,6 +221,7 @@ class TrainPPOConfig:
             _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
         _require(self.kl_coef >= 0, "train_ppo.kl_coef", "must be >= 0")
         _require(self.kl_horizon > 0, "train_ppo.kl_horizon", "must be > 0")
+        _require(self.top_layers is None or self.top_layers > 0, "train_ppo.top_layers", "must be null or > 0")
         _require(self.hardest_prompts is None or self.hardest_prompts > 0, "train_ppo.hardest_prompts",
                  "must be null or > 0")
         _require(self.reward_clip is None or self.reward_clip > 0, "train_ppo.reward_clip",

@@ -6,6 +6,7 @@ minutes and the saved adapter is a few MB. Loss curves go to DVCLive for `dvc pl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -56,6 +57,26 @@ def lora_targets(model, configured: list[str] | None) -> list[str]:
     if missing:
         raise ParamsError(f"train_lora.target_modules: {missing} not found in {model.config.model_type} model")
     return list(targets)
+
+
+# The index of a decoder layer in a module name: `model.layers.7.` (Llama, Qwen2), `decoder.block.7.`
+# (T5), `decoder.layers.7.` (BART), `h.7.` (GPT-2).
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|block|h)\.(\d+)\.")
+
+
+def top_layer_targets(model, targets: list[str], layers: int, key: str = "train_ppo.top_layers") -> list[str]:
+    """Full names of the `targets` modules in the last `layers` decoder layers (encoder-decoder
+    models: of the decoder only), for a LoRA adapter on the top of the network alone."""
+    decoder_only = not getattr(model.config, "is_encoder_decoder", False)
+    indexed = []
+    for name, _module in model.named_modules():
+        match = LAYER_INDEX.search(name)
+        if match and name.rsplit(".", 1)[-1] in targets and (decoder_only or "decoder." in name):
+            indexed.append((int(match.group(1)), name))
+    if not indexed:
+        raise ParamsError(f"{key}: no numbered decoder layers hold {targets} in this {model.config.model_type} model")
+    lowest = max(index for index, _name in indexed) + 1 - layers
+    return [name for index, name in indexed if index >= lowest]
 
 
 def attach_lora(model, family: Family, r: int, alpha: int, dropout: float, targets: list[str]) -> PeftModel:

@@ -24,7 +24,9 @@ reference. The fresh adapter's B matrices are zero, so at the first step pi == p
 
 Where the time goes (SmolLM2-135M, 2 CPU cores): a step is one sampling pass, two forward passes
 (policy, reference) and `ppo_epochs` forward+backward passes over the batch; with bf16 the frozen
-weights are stored in bf16 so autocast does not re-cast them on every generated token.
+weights are stored in bf16 so autocast does not re-cast them on every generated token. The update
+epochs are two thirds of a step; `train_ppo.top_layers` keeps the adapter in the last layers so the
+backward pass stops there (`benchmarks/ppo_step.py` prints the split).
 
 Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
 
@@ -50,7 +52,7 @@ from tqdm.auto import tqdm
 
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.errors import DataError
-from detoxsum.lora import attach_lora, lora_targets
+from detoxsum.lora import attach_lora, lora_targets, top_layer_targets
 from detoxsum.modeling import (
     Family,
     autocast,
@@ -257,6 +259,8 @@ def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: 
     else:
         merged, tokenizer, family = load_model(model_dir, no_dropout=True)
     targets = lora_targets(merged, cfg.target_modules)
+    if cfg.top_layers is not None:
+        targets = top_layer_targets(merged, targets, cfg.top_layers)
     policy = attach_lora(merged, family, cfg.r, cfg.alpha, dropout=0.0, targets=targets)
     if bf16:
         store_frozen_linears_in_bf16(policy)
@@ -373,6 +377,14 @@ def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int) -> 
     return Rollout(prompt["input_ids"], prompt["attention_mask"], response_ids, response_mask)
 
 
+def ends_at_stop(response_ids: torch.Tensor, response_mask: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """True for each response whose last unmasked token is a stop token (bool [B]); False when the
+    sample was cut at max_new_tokens before its end of turn."""
+    last = response_mask.sum(1).long().clamp(min=1) - 1
+    last_tokens = response_ids.gather(1, last.unsqueeze(1)).squeeze(1)
+    return torch.isin(last_tokens, torch.tensor(stop_ids, device=response_ids.device))
+
+
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
     """The summary text alone: tokens up to the stop token, special tokens dropped."""
     lengths = response_mask.sum(1).long().tolist()
@@ -430,8 +442,13 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     rollout.ref_logprobs = logprobs_from_logits(ref_logits, rollout.response_ids)
     del ref_logits
 
-    # 4. rewards: score (minus the prompt's baseline) at the last token, -beta * KL per token
-    gains = raw_scores if baselines is None else raw_scores - baselines.to(raw_scores)
+    # 4. rewards: score (minus the prompt's baseline) at the last token, -beta * KL per token; a
+    #    summary cut before its end of turn gets `unfinished_score`, so rambling to the cap never pays
+    finished = ends_at_stop(rollout.response_ids, mask, stop_token_ids(ppo.tokenizer))
+    scores = raw_scores
+    if cfg.unfinished_score is not None:
+        scores = torch.where(finished, raw_scores, torch.full_like(raw_scores, cfg.unfinished_score))
+    gains = scores if baselines is None else scores - baselines.to(scores)
     rollout.scores = gains if cfg.reward_clip is None else gains.clamp(-cfg.reward_clip, cfg.reward_clip)
     rollout.rewards = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
     if cfg.whiten_rewards:
@@ -447,11 +464,12 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     stats = {
         "reward_mean": raw_scores.mean().item(),
         "reward_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
-        "reward_gain_mean": gains.mean().item(),  # over the baseline; equals reward_mean without one
+        "reward_gain_mean": gains.mean().item(),  # after the unfinished-summary score and the baseline
         "kl": sequence_kl.mean().item(),
         "entropy": entropy.item(),
         "beta": beta,
         "response_length": mask.sum(1).mean().item(),
+        "unfinished_fraction": 1 - finished.float().mean().item(),
         "time_generate_s": sampled - started,
         "time_reward_s": scored - sampled,
         "time_forward_s": time.perf_counter() - scored,  # steps 2-3

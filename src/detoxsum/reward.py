@@ -10,6 +10,7 @@ PPO's reward model (`build_reward_model`) sits on the same scorers but returns a
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import torch
@@ -107,7 +108,41 @@ class ClassifierLabelReward:
         return logits[:, self.scorer.label_index]
 
 
+# A sentence ends at ., ! or ? followed by whitespace, or at a line break. A regex rather than a
+# sentence tokenizer: summaries are short, plain prose, and a miss only merges two sentences.
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The non-empty sentences of `text`; the stripped text itself when it has no break."""
+    sentences = [part.strip() for part in SENTENCE_BREAK.split(text) if part.strip()]
+    return sentences or [text.strip()]
+
+
+class WorstSentenceReward:
+    """reward(text) = min over its sentences of the inner model's reward.
+
+    Bag-of-words classifiers such as profanity-check score a text lower the more neutral words
+    surround a toxic one ("calls #Person2# an idiot." 0.999; the same plus one neutral clause,
+    0.738), so against a whole-summary score PPO can lower the reward model's toxicity by writing
+    longer summaries, which costs ROUGE. Taking the worst sentence removes that route: only
+    changing the offending sentence raises the reward.
+    """
+
+    def __init__(self, inner: RewardModel):
+        self.inner = inner
+
+    def rewards(self, texts: list[str]) -> torch.Tensor:
+        per_text = [split_sentences(text) for text in texts]
+        owners = torch.tensor([index for index, sentences in enumerate(per_text) for _ in sentences])
+        sentence_rewards = self.inner.rewards([s for sentences in per_text for s in sentences]).float()
+        worst = torch.full((len(texts),), float("inf"))
+        return worst.scatter_reduce(0, owners, sentence_rewards, reduce="amin")
+
+
 def build_reward_model(spec: RewardSpec) -> RewardModel:
     if spec.kind == "profanity-check":
-        return ProfanityReward()
-    return ClassifierLabelReward(spec.model, spec.label, spec.output)
+        model: RewardModel = ProfanityReward()
+    else:
+        model = ClassifierLabelReward(spec.model, spec.label, spec.output)
+    return WorstSentenceReward(model) if spec.score_by == "worst_sentence" else model

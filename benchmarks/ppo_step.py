@@ -1,0 +1,72 @@
+"""Where a PPO step's time goes: sampling, the two scoring forward passes, and the update epochs.
+
+Runs a few PPO steps of the `train_ppo` params on the pipeline's own outputs (after `dvc repro`)
+and prints one line of timings per step, so settings that change the cost of a step (`top_layers`,
+`batch_size`, `max_new_tokens`, `ppo_epochs`) can be compared before spending a run on them:
+
+    python benchmarks/ppo_step.py                      # the params as they are
+    python benchmarks/ppo_step.py --set top_layers=10  # PPO adapter in the last 10 layers only
+
+The first step includes warm-up; compare the later ones, on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from detoxsum.config import TrainPPOConfig, build_config, load_params, load_stage_config
+from detoxsum.data import read_jsonl_split
+from detoxsum.modeling import device
+from detoxsum.ppo import FixedKLController, build_ppo_model, hardest_dialogues, ppo_step, prompt_batches, render_prompts
+from detoxsum.reward import build_reward_model
+
+TIMINGS = ("time_generate_s", "time_forward_s", "time_update_s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a train_ppo param (YAML value), e.g. top_layers=10; repeatable")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/model"))
+    parser.add_argument("--lora-dir", type=Path, default=Path("artifacts/lora"))
+    parser.add_argument("--train-file", type=Path, default=Path("data/filtered/train.jsonl"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    args = parse_args(argv)
+    base = load_stage_config("base", args.params)
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    cfg = build_config(TrainPPOConfig, {**(load_params(args.params).get("train_ppo") or {}), **overrides}, "train_ppo")
+    reward_model = build_reward_model(cfg.reward)
+    dialogues = hardest_dialogues(list(read_jsonl_split(args.train_file)["dialogue"]), reward_model.rewards,
+                                  cfg.hardest_prompts)
+    ppo = build_ppo_model(args.model_dir, [args.lora_dir], cfg, bf16=base.bf16).to(device())
+    trainable = sum(p.numel() for p in ppo.trainable_parameters())
+    print(f"train_ppo {overrides or 'as in params'}: {trainable:,} trainable parameters, "
+          f"{torch.get_num_threads()} threads, batch {cfg.batch_size}, {cfg.ppo_epochs} epochs")
+    torch.manual_seed(base.seed)
+    optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr)
+    batches = prompt_batches(render_prompts(dialogues, ppo, base), cfg.batch_size, base.seed)
+    generator = torch.Generator().manual_seed(base.seed)
+    history = []
+    for step in range(args.steps):
+        started = time.perf_counter()
+        stats = ppo_step(ppo, optimizer, FixedKLController(cfg.kl_coef), next(batches), reward_model.rewards, cfg,
+                         generator)
+        stats["time_step_s"] = time.perf_counter() - started
+        history.append(stats)
+        split = "  ".join(f"{key[5:-2]} {stats[key]:5.2f} s" for key in (*TIMINGS, "time_step_s"))
+        print(f"step {step}: {split}  response {stats['response_length']:.1f} tokens")
+    return history
+
+
+if __name__ == "__main__":
+    main()
