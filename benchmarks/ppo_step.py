@@ -7,25 +7,29 @@ and prints one line of timings per step, so settings that change the cost of a s
     python benchmarks/ppo_step.py                      # the params as they are
     python benchmarks/ppo_step.py --set top_layers=10  # PPO adapter in the last 10 layers only
 
-The first step includes warm-up; compare the later ones, on an otherwise idle machine.
+The steps are `ppo.train_ppo`'s own (optimizer, KL controller, greedy-baseline pass before the
+first step, which is not in the step times). The first step includes warm-up; compare the later
+ones, on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import itertools
 from pathlib import Path
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from detoxsum.config import TrainPPOConfig, build_config, load_params, load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
-from detoxsum.ppo import FixedKLController, build_ppo_model, hardest_dialogues, ppo_step, prompt_batches, render_prompts
+from detoxsum.ppo import build_ppo_model, hardest_dialogues, render_prompts, train_ppo
 from detoxsum.reward import build_reward_model
 
-TIMINGS = ("time_generate_s", "time_forward_s", "time_update_s")
+# The parts of a step that `ppo_step` times; their sum is the step.
+TIMINGS = ("time_generate_s", "time_reward_s", "time_forward_s", "time_update_s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     args = parse_args(argv)
     base = load_stage_config("base", args.params)
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    cfg = build_config(TrainPPOConfig, {**(load_params(args.params).get("train_ppo") or {}), **overrides}, "train_ppo")
+    section = {**(load_params(args.params).get("train_ppo") or {}), **overrides, "steps": args.steps}
+    cfg = build_config(TrainPPOConfig, section, "train_ppo")
     reward_model = build_reward_model(cfg.reward)
     dialogues = hardest_dialogues(list(read_jsonl_split(args.train_file)["dialogue"]), reward_model.rewards,
                                   cfg.hardest_prompts)
@@ -52,20 +57,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     trainable = sum(p.numel() for p in ppo.trainable_parameters())
     print(f"train_ppo {overrides or 'as in params'}: {trainable:,} trainable parameters, "
           f"{torch.get_num_threads()} threads, batch {cfg.batch_size}, {cfg.ppo_epochs} epochs")
-    torch.manual_seed(base.seed)
-    optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr)
-    batches = prompt_batches(render_prompts(dialogues, ppo, base), cfg.batch_size, base.seed)
-    generator = torch.Generator().manual_seed(base.seed)
-    history = []
-    for step in range(args.steps):
-        started = time.perf_counter()
-        stats = ppo_step(ppo, optimizer, FixedKLController(cfg.kl_coef), next(batches), reward_model.rewards, cfg,
-                         generator)
-        stats["time_step_s"] = time.perf_counter() - started
-        history.append(stats)
-        split = "  ".join(f"{key[5:-2]} {stats[key]:5.2f} s" for key in (*TIMINGS, "time_step_s"))
-        print(f"step {step}: {split}  response {stats['response_length']:.1f} tokens")
-    return history
+    step_numbers = itertools.count()
+
+    def report(stats: dict[str, float]) -> None:  # under train_ppo's progress bar, hence tqdm.write
+        split = "  ".join(f"{key[5:-2]} {stats[key]:5.2f} s" for key in TIMINGS)
+        tqdm.write(f"step {next(step_numbers)}: {split}  step {sum(stats[key] for key in TIMINGS):5.2f} s  "
+              f"response {stats['response_length']:.1f} tokens")
+
+    return train_ppo(ppo, render_prompts(dialogues, ppo, base), reward_model.rewards, cfg, base.seed, on_step=report)
 
 
 if __name__ == "__main__":
