@@ -59,6 +59,7 @@ def test_worst_sentence_reward_is_the_lowest_sentence_reward():
     rewards = worst.rewards(["fine. bad bad. bad", "all fine here", "bad? fine."])
     assert rewards.tolist() == [-2.0, 0.0, -1.0]
     assert inner.seen == ["fine.", "bad bad.", "bad", "all fine here", "bad?", "fine."]
+    assert worst.rewards([]).shape == (0,)
 
 
 def test_worst_sentence_profanity_reward_is_not_raised_by_padding_with_neutral_sentences():

@@ -64,7 +64,7 @@ def lora_targets(model, configured: list[str] | None) -> list[str]:
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|block|h)\.(\d+)\.")
 
 
-def top_layer_targets(model, targets: list[str], layers: int, key: str = "train_ppo.top_layers") -> list[str]:
+def top_layer_targets(model, targets: list[str], layers: int) -> list[str]:
     """Full names of the `targets` modules in the last `layers` decoder layers (encoder-decoder
     models: of the decoder only), for a LoRA adapter on the top of the network alone."""
     decoder_only = not getattr(model.config, "is_encoder_decoder", False)
@@ -74,7 +74,8 @@ def top_layer_targets(model, targets: list[str], layers: int, key: str = "train_
         if match and name.rsplit(".", 1)[-1] in targets and (decoder_only or "decoder." in name):
             indexed.append((int(match.group(1)), name))
     if not indexed:
-        raise ParamsError(f"{key}: no numbered decoder layers hold {targets} in this {model.config.model_type} model")
+        raise ParamsError(f"train_ppo.top_layers: no numbered decoder layers hold {targets} in this "
+                          f"{model.config.model_type} model")
     lowest = max(index for index, _name in indexed) + 1 - layers
     return [name for index, name in indexed if index >= lowest]
 
