@@ -73,11 +73,29 @@ def test_ppo_reward_baseline_is_one_of_the_known_kinds():
     assert build_config(TrainPPOConfig, {"reward_baseline": "greedy"}, "train_ppo").reward_baseline == "greedy"
 
 
+def test_ppo_samples_per_prompt_must_divide_the_batch_and_leave_one_out_needs_two():
+    with pytest.raises(ParamsError, match=r"train_ppo\.samples_per_prompt.*divide"):
+        build_config(TrainPPOConfig, {"batch_size": 8, "samples_per_prompt": 3}, "train_ppo")
+    with pytest.raises(ParamsError, match=r"train_ppo\.samples_per_prompt.*leave_one_out"):
+        build_config(TrainPPOConfig, {"reward_baseline": "leave_one_out"}, "train_ppo")
+    cfg = build_config(TrainPPOConfig, {"reward_baseline": "leave_one_out", "samples_per_prompt": 4}, "train_ppo")
+    assert (cfg.reward_baseline, cfg.samples_per_prompt) == ("leave_one_out", 4)
+
+
 def test_ppo_reward_score_by_is_checked():
     with pytest.raises(ParamsError, match=r"train_ppo\.reward\.score_by"):
         build_config(TrainPPOConfig, {"reward": {"score_by": "mean_sentence"}}, "train_ppo")
     cfg = build_config(TrainPPOConfig, {"reward": {"score_by": "worst_sentence"}}, "train_ppo")
     assert cfg.reward.score_by == "worst_sentence"
+
+
+def test_ppo_reward_shaping_is_one_of_the_known_kinds():
+    with pytest.raises(ParamsError, match=r"train_ppo\.reward_shaping"):
+        build_config(TrainPPOConfig, {"reward_shaping": "dense"}, "train_ppo")
+    with pytest.raises(ParamsError, match=r"train_ppo\.reward_shaping.*reward_baseline: none"):
+        build_config(TrainPPOConfig, {"reward_shaping": "prefix", "reward_baseline": "greedy"}, "train_ppo")
+    cfg = build_config(TrainPPOConfig, {"reward_shaping": "prefix", "reward_baseline": "none"}, "train_ppo")
+    assert cfg.reward_shaping == "prefix"
 
 
 def test_ppo_top_layers_must_be_positive():

@@ -19,7 +19,14 @@ from conftest import fixture_rows
 
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.lora import attach_lora, lora_targets
-from detoxsum.modeling import generate_summaries, load_model, load_with_adapters, pad_prompts, stop_token_ids
+from detoxsum.modeling import (
+    generate_summaries,
+    load_model,
+    load_tokenizer,
+    load_with_adapters,
+    pad_prompts,
+    stop_token_ids,
+)
 from detoxsum.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -30,6 +37,7 @@ from detoxsum.ppo import (
     forward_policy,
     gae_advantages,
     greedy_baselines,
+    leave_one_out_baselines,
     kl_penalized_rewards,
     load_value_head,
     logprobs_from_logits,
@@ -37,10 +45,14 @@ from detoxsum.ppo import (
     masked_var,
     masked_whiten,
     policy_loss,
+    prefix_potentials,
+    prefix_shaped_scores,
+    prompt_batches,
     render_prompts,
     response_mask_until_stop,
     sample_responses,
     save_ppo_model,
+    scores_at_last_token,
     train_ppo,
     value_loss,
 )
@@ -66,6 +78,25 @@ def length_mask(lengths: list[int], width: int) -> torch.Tensor:
 def vowel_count(texts: list[str]) -> torch.Tensor:
     """Toy reward: vowels in the summary. Dense, so a tiny random model can learn it in a few steps."""
     return torch.tensor([float(sum(text.count(v) for v in "aeiou")) for text in texts])
+
+
+def text_length(texts: list[str]) -> torch.Tensor:
+    """Toy reward that grows with every token, whatever a random tiny model writes."""
+    return torch.tensor([float(len(text)) for text in texts])
+
+
+def paired_rollouts(model_dir: Path, reward_fn, max_new_tokens: int, **changes):
+    """The same sampled batch of 4 collected under default settings and with `changes` to the config."""
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=max_new_tokens)
+    changed_cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=max_new_tokens, **changes)
+    ppo = build_ppo_model(model_dir, [], cfg)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
+    torch.manual_seed(0)
+    plain, plain_stats = collect_rollout(ppo, prompts, reward_fn, cfg, beta=0.05)
+    torch.manual_seed(0)
+    changed, stats = collect_rollout(ppo, prompts, reward_fn, changed_cfg, beta=0.05)
+    assert torch.equal(changed.response_ids, plain.response_ids)
+    return ppo, (plain, plain_stats), (changed, stats)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -123,8 +154,43 @@ def test_kl_penalty_on_every_token_and_score_on_the_last():
     mask = length_mask([3, 1], 3)
     logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -9.0, -9.0]])
     ref_logprobs = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, 0.0, 0.0]])
-    rewards = kl_penalized_rewards(torch.tensor([10.0, 20.0]), logprobs, ref_logprobs, mask, beta=0.1)
+    token_scores = scores_at_last_token(torch.tensor([10.0, 20.0]), mask)
+    rewards = kl_penalized_rewards(token_scores, logprobs, ref_logprobs, mask, beta=0.1)
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.1, 10.0], [20.0 - 0.1, 0.0, 0.0]]))
+
+
+def test_prefix_shaping_credits_the_token_that_changed_the_score_and_keeps_each_sum():
+    mask = length_mask([4, 2, 1], 4)
+    # reward of the first t tokens' text, t = 0..3; the first response turns rude at its third token
+    potentials = torch.tensor([[0.0, 0.0, -0.9, -0.8], [0.1, 0.3, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0]])
+    scores = torch.tensor([-0.5, 1.0, -2.0])
+    shaped = prefix_shaped_scores(potentials, scores, mask)
+    torch.testing.assert_close(shaped, torch.tensor([
+        [0.0, -0.9, 0.1, -0.5 - (-0.8 - 0.0)],  # last token: the score minus what the others got
+        [0.2, 1.0 - 0.2, 0.0, 0.0],
+        [-2.0, 0.0, 0.0, 0.0],
+    ]))
+    torch.testing.assert_close(shaped.sum(1), scores)
+    assert (shaped * (1 - mask)).abs().sum() == 0
+
+
+def test_prefix_potentials_score_every_prefix_of_each_response(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    token_lists = tokenizer(["aa bb cc", "dd"], add_special_tokens=False)["input_ids"]
+    width = max(map(len, token_lists))
+    response_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in token_lists])
+    mask = length_mask(list(map(len, token_lists)), width)
+    seen: list[str] = []
+    def recording_length(texts):
+        seen.extend(texts)
+        return text_length(texts)
+
+    potentials = prefix_potentials(tokenizer, response_ids, mask, recording_length)
+    prefixes = [[tokenizer.decode(ids[:t], skip_special_tokens=True).strip() for t in range(len(ids))]
+                for ids in token_lists]
+    assert seen == prefixes[0] + prefixes[1] and prefixes[0][0] == prefixes[1][0] == ""
+    expected = torch.tensor([[float(len(text)) for text in row] + [0.0] * (width - len(row)) for row in prefixes])
+    torch.testing.assert_close(potentials, expected)
 
 
 def test_policy_loss_and_clip_fraction_on_hand_worked_tokens():
@@ -242,12 +308,13 @@ def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path):
     assert torch.equal(rollout.values, torch.zeros_like(rollout.values))  # zero-initialised value head
 
 
-@pytest.mark.parametrize("reward_baseline", ["none", "greedy"])
+@pytest.mark.parametrize("reward_baseline", ["none", "greedy", "leave_one_out"])
 def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_model_dir, tmp_path, reward_baseline):
     model_dir = sharpened_copy(tiny_model_dir, tmp_path / "model")
     cfg = TrainPPOConfig(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=4, lr=2e-2, r=8, alpha=16,
                          max_new_tokens=8, kl_coef=0.01, adaptive_kl=False, early_stop_approx_kl=None,
-                         reward_baseline=reward_baseline)
+                         reward_baseline=reward_baseline,
+                         samples_per_prompt=4 if reward_baseline == "leave_one_out" else 1)
     ppo = build_ppo_model(model_dir, [], cfg)
     frozen = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" not in name}
     adapter = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" in name}
@@ -309,6 +376,30 @@ def test_collect_rollout_subtracts_each_prompts_baseline_from_its_score(tiny_mod
     assert stats["reward_gain_mean"] == pytest.approx(raw_stats["reward_mean"] - baselines.mean().item())
 
 
+def test_leave_one_out_baselines_average_the_other_samples_of_each_prompt():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
+    torch.testing.assert_close(leave_one_out_baselines(scores, 3), torch.tensor([2.5, 2.0, 1.5, 25.0, 20.0, 15.0]))
+    torch.testing.assert_close(leave_one_out_baselines(scores, 2), torch.tensor([2.0, 1.0, 10.0, 3.0, 30.0, 20.0]))
+
+
+def test_prompt_batches_repeat_each_prompt_and_cycle_through_all():
+    prompts = [f"p{i}" for i in range(5)]
+    batches = prompt_batches(prompts, batch_size=6, seed=0, samples_per_prompt=3)
+    seen = [next(batches) for _ in range(5)]
+    for batch in seen:
+        assert len(batch) == 6 and batch[0] == batch[1] == batch[2] and batch[3] == batch[4] == batch[5]
+    distinct = [batch[i] for batch in seen for i in (0, 3)]
+    assert sorted(distinct) == sorted(prompts * 2)  # 10 dialogues drawn: each of the 5 twice
+
+
+def test_collect_rollout_with_leave_one_out_baseline_scores_samples_against_their_siblings(tiny_model_dir):
+    _, (raw, _), (relative, stats) = paired_rollouts(tiny_model_dir, vowel_count, 6, reward_baseline="leave_one_out",
+                                                    samples_per_prompt=2)
+    pairs = raw.scores.view(2, 2)
+    torch.testing.assert_close(relative.scores.view(2, 2), pairs - pairs.flip(1))
+    assert stats["reward_gain_mean"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_ends_at_stop_tells_finished_responses_from_cut_ones():
     stop, pad = 2, 0
     response_ids = torch.tensor([[5, 6, stop, pad], [5, 6, 7, 8], [stop, pad, pad, pad], [5, 6, 7, stop]])
@@ -318,20 +409,23 @@ def test_ends_at_stop_tells_finished_responses_from_cut_ones():
 
 
 def test_collect_rollout_gives_unfinished_summaries_the_unfinished_score(tiny_model_dir):
-    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=3)
-    cut_cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=3, unfinished_score=-5.0)
-    ppo = build_ppo_model(tiny_model_dir, [], cfg)
-    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
-    torch.manual_seed(0)
-    raw, raw_stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
-    torch.manual_seed(0)
-    cut, stats = collect_rollout(ppo, prompts, vowel_count, cut_cfg, beta=0.05)
-    assert torch.equal(cut.response_ids, raw.response_ids)
+    ppo, (raw, raw_stats), (cut, stats) = paired_rollouts(tiny_model_dir, vowel_count, 3, unfinished_score=-5.0)
     finished = ends_at_stop(raw.response_ids, raw.response_mask, stop_token_ids(ppo.tokenizer))
     assert not finished.all()  # 3 tokens are too few for the tiny model's summaries
     torch.testing.assert_close(cut.scores, torch.where(finished, raw.scores, torch.tensor(-5.0)))
     assert stats["unfinished_fraction"] == raw_stats["unfinished_fraction"] == 1 - finished.float().mean().item()
     assert stats["reward_mean"] == raw_stats["reward_mean"]  # the reward model's own score, logged as it is
+
+
+def test_collect_rollout_with_prefix_shaping_moves_reward_off_the_last_token_but_keeps_the_sums(tiny_model_dir):
+    _, (plain, _), (shaped, _) = paired_rollouts(tiny_model_dir, text_length, 6, reward_shaping="prefix",
+                                                 reward_baseline="none")
+    # policy == reference at the start, so the rewards are the reward model's shares alone
+    torch.testing.assert_close(shaped.rewards.sum(1), plain.rewards.sum(1))
+    before_last = plain.response_mask.clone()
+    before_last[torch.arange(4), plain.response_mask.sum(1).long() - 1] = 0
+    assert (plain.rewards * before_last).abs().sum() == 0
+    assert (shaped.rewards * before_last).abs().sum() > 0
 
 
 def test_saved_adapter_and_value_head_reload_on_top_of_the_sft_adapter(tiny_model_dir, tmp_path):

@@ -199,17 +199,35 @@ class TrainPPOConfig:
     # rollout batch carries a detox signal; null uses every training dialogue.
     hardest_prompts: int | None = None
     # "greedy": subtract the reward of the SFT model's greedy summary of the same dialogue from every
-    # sample's score (a per-prompt baseline, see ppo.greedy_baselines); "none": raw scores.
+    # sample's score (a per-prompt baseline, see ppo.greedy_baselines); "leave_one_out": subtract
+    # the mean score of the other samples of the same dialogue in the batch (needs
+    # samples_per_prompt >= 2, see ppo.leave_one_out_baselines); "none": raw scores.
     reward_baseline: str = "greedy"
+    # Summaries sampled per dialogue in a rollout batch (batch_size / samples_per_prompt dialogues).
+    samples_per_prompt: int = 1
     # Score given to a sampled summary that did not reach its end of turn within max_new_tokens, in
     # place of the reward model's score of the cut text (Huang et al. 2024's "EOS trick"); null keeps
     # the cut text's score. Set it at or below the reward model's worst score (profanity-check: -1).
     unfinished_score: float | None = None
+    # "prefix": spread each score over the summary's tokens by the reward model's score of every
+    # prefix (potential-based shaping, ppo.prefix_shaped_scores; needs reward_baseline: none);
+    # "none": the whole score at the last token.
+    reward_shaping: str = "none"
     reward: RewardSpec = field(default_factory=RewardSpec)
 
     def __post_init__(self) -> None:
-        _require(self.reward_baseline in ("none", "greedy"), "train_ppo.reward_baseline",
-                 f"must be 'none' or 'greedy', got {self.reward_baseline!r}")
+        _require(self.reward_baseline in ("none", "greedy", "leave_one_out"), "train_ppo.reward_baseline",
+                 f"must be 'none', 'greedy' or 'leave_one_out', got {self.reward_baseline!r}")
+        _require(self.samples_per_prompt > 0 and self.batch_size % self.samples_per_prompt == 0,
+                 "train_ppo.samples_per_prompt", f"must be > 0 and divide train_ppo.batch_size ({self.batch_size})")
+        _require(self.reward_baseline != "leave_one_out" or self.samples_per_prompt >= 2,
+                 "train_ppo.samples_per_prompt", "must be >= 2 for reward_baseline: leave_one_out")
+        _require(self.reward_shaping in ("none", "prefix"), "train_ppo.reward_shaping",
+                 f"must be 'none' or 'prefix', got {self.reward_shaping!r}")
+        # Shaped rewards already score each token against the text before it; a per-dialogue
+        # baseline would land on a single token and teach it the dialogue's toxicity.
+        _require(self.reward_shaping == "none" or self.reward_baseline == "none", "train_ppo.reward_shaping",
+                 f"'prefix' needs train_ppo.reward_baseline: none, got {self.reward_baseline!r}")
         for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "r", "alpha", "max_new_tokens"):
             _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
         _require(self.batch_size % self.minibatch_size == 0, "train_ppo.minibatch_size",

@@ -11,7 +11,10 @@ clipped policy and value losses; several epochs of shuffled minibatches; a zero-
 head; Adam with eps 1e-5. One addition (`train_ppo.reward_baseline: greedy`): each score is taken
 relative to the reward of the SFT model's greedy summary of the same dialogue (ReMax's baseline,
 Li et al. 2023), which keeps the advantages about the summary rather than about the dialogue when a
-run has only a few hundred samples.
+run has only a few hundred samples. Two more, off by default: `reward_baseline: leave_one_out`
+with `samples_per_prompt: k` scores each of k samples of a dialogue against the mean of its
+siblings (RLOO, Ahmadian et al. 2024), and `reward_shaping: prefix` spreads each score over the
+summary's tokens by the reward of every prefix (potential-based shaping, Ng et al. 1999).
 
 Why hand-written: trl >= 1.13 removed PPOTrainer and AutoModelForSeq2SeqLMWithValueHead (PR #7020),
 and its remaining online trainers (GRPO, RLOO) slice completions out of prompt+completion
@@ -139,14 +142,37 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
+def scores_at_last_token(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each response's score [B] placed at its last token, zeros elsewhere ([B, T])."""
+    token_scores = torch.zeros_like(mask, dtype=scores.dtype)
+    token_scores[torch.arange(len(scores)), mask.sum(1).long() - 1] = scores
+    return token_scores
+
+
+def prefix_shaped_scores(potentials: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each response's score [B] spread over its tokens by how the reward model's view of it changes.
+
+    `potentials[b, t]` is the reward of the text of the first t response tokens (t = 0 is the empty
+    text), shape [B, T]. Token t gets potentials[t + 1] - potentials[t]; the last token gets the rest,
+    so every row still sums to its score: potential-based shaping (Ng, Harada & Russell 1999), which
+    at gamma = 1 leaves the return of every response, and so the optimal policy, unchanged. What it
+    changes is credit: the token that makes a summary rude is the one that loses reward, instead of a
+    score at the end that GAE (lambda < 1) hands mostly to the last tokens.
+    """
+    steps = torch.zeros_like(potentials)
+    steps[:, :-1] = potentials[:, 1:] - potentials[:, :-1]
+    token_scores = steps.to(scores.dtype) * mask
+    rows, last = torch.arange(len(scores)), mask.sum(1).long() - 1
+    token_scores[rows, last] = 0.0
+    token_scores[rows, last] = scores - token_scores.sum(1)
+    return token_scores
+
+
 def kl_penalized_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, beta: float
+    token_scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """Per-token rewards: -beta * (log pi - log pi_ref) everywhere, plus the score at the last token."""
-    rewards = -beta * (logprobs - ref_logprobs) * mask
-    last = mask.sum(1).long() - 1
-    rewards[torch.arange(len(scores)), last] += scores
-    return rewards
+    """Per-token rewards: the reward model's share of each token minus beta * (log pi - log pi_ref)."""
+    return (token_scores - beta * (logprobs - ref_logprobs)) * mask
 
 
 def policy_loss(
@@ -331,13 +357,23 @@ def hardest_dialogues(dialogues: list[str], reward_fn: RewardFn, count: int | No
     return [dialogues[index] for index in order[:count]]
 
 
-def prompt_batches(prompts: list[str], batch_size: int, seed: int) -> Iterator[list[str]]:
-    """Endless batches of prompts, shuffled once with `seed` and cycled."""
+def prompt_batches(prompts: list[str], batch_size: int, seed: int, samples_per_prompt: int = 1) -> Iterator[list[str]]:
+    """Endless batches of prompts, shuffled once with `seed` and cycled; each prompt appears
+    `samples_per_prompt` times in a row, so a batch holds batch_size / samples_per_prompt dialogues."""
     order = list(prompts)
     random.Random(seed).shuffle(order)
     stream = itertools.cycle(order)
     while True:
-        yield [next(stream) for _ in range(batch_size)]
+        distinct = [next(stream) for _ in range(batch_size // samples_per_prompt)]
+        yield [prompt for prompt in distinct for _ in range(samples_per_prompt)]
+
+
+def leave_one_out_baselines(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """For each score, the mean score of the other samples of its prompt (rows in groups of
+    `group_size` consecutive samples): RLOO's baseline (Ahmadian et al. 2024, arXiv:2402.14740).
+    It cancels how toxic a dialogue is, leaving how this summary compares with its siblings."""
+    groups = scores.view(-1, group_size)
+    return ((groups.sum(1, keepdim=True) - groups) / (group_size - 1)).reshape(-1)
 
 
 @dataclass
@@ -392,6 +428,23 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
             for row, n in zip(response_ids, lengths)]
 
 
+def prefix_potentials(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                      reward_fn: RewardFn) -> torch.Tensor:
+    """Reward of the text of each response's first t tokens, t = 0 .. length - 1 ([B, T], 0 past the end).
+
+    One reward_fn call over every prefix of the batch (about B * T / 2 short texts): cheap for a
+    bag-of-words classifier such as profanity-check, a real cost for a transformer classifier.
+    """
+    lengths = response_mask.sum(1).long().tolist()
+    texts = [tokenizer.decode(row[:t].tolist(), skip_special_tokens=True).strip()
+             for row, n in zip(response_ids, lengths) for t in range(n)]
+    flat = reward_fn(texts).float()
+    potentials = torch.zeros(response_mask.shape, dtype=torch.float32)
+    for row, chunk in enumerate(flat.split(lengths)):
+        potentials[row, :len(chunk)] = chunk
+    return potentials
+
+
 @torch.no_grad()
 def greedy_baselines(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, max_new_tokens: int,
                      batch_size: int) -> dict[str, float]:
@@ -418,7 +471,8 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
                     beta: float, baselines: torch.Tensor | None = None) -> tuple[Rollout, dict[str, float]]:
     """Steps 1-6 of a PPO iteration: experience with advantages, ready for the update.
 
-    `baselines` (one per prompt, see `greedy_baselines`) are subtracted from the reward-model scores.
+    `baselines` (one per prompt, see `greedy_baselines`) are subtracted from the reward-model scores;
+    with `reward_baseline: leave_one_out` the baselines come from the batch itself.
     """
     started = time.perf_counter()
     # 1. rollout: sample a summary per prompt and score its text alone
@@ -442,15 +496,23 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     rollout.ref_logprobs = logprobs_from_logits(ref_logits, rollout.response_ids)
     del ref_logits
 
-    # 4. rewards: score (minus the prompt's baseline) at the last token, -beta * KL per token; a
-    #    summary cut before its end of turn gets `unfinished_score`, so rambling to the cap never pays
+    # 4. rewards: score (minus the prompt's baseline) at the last token, or spread over the tokens by
+    #    `reward_shaping: prefix`; -beta * KL per token; a summary cut before its end of turn gets
+    #    `unfinished_score`, so rambling to the cap never pays
     finished = ends_at_stop(rollout.response_ids, mask, stop_token_ids(ppo.tokenizer))
     scores = raw_scores
     if cfg.unfinished_score is not None:
         scores = torch.where(finished, raw_scores, torch.full_like(raw_scores, cfg.unfinished_score))
+    if cfg.reward_baseline == "leave_one_out":
+        baselines = leave_one_out_baselines(scores, cfg.samples_per_prompt)
     gains = scores if baselines is None else scores - baselines.to(scores)
     rollout.scores = gains if cfg.reward_clip is None else gains.clamp(-cfg.reward_clip, cfg.reward_clip)
-    rollout.rewards = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
+    if cfg.reward_shaping == "prefix":
+        potentials = prefix_potentials(ppo.tokenizer, rollout.response_ids, mask, reward_fn).to(ppo.device)
+        token_scores = prefix_shaped_scores(potentials, rollout.scores, mask)
+    else:
+        token_scores = scores_at_last_token(rollout.scores, mask)
+    rollout.rewards = kl_penalized_rewards(token_scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
     if cfg.whiten_rewards:
         rollout.rewards = masked_whiten(rollout.rewards, mask, shift_mean=False) * mask
 
@@ -543,7 +605,7 @@ def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: Train
     baselines = None
     if cfg.reward_baseline == "greedy":
         baselines = greedy_baselines(ppo, prompts, reward_fn, cfg.max_new_tokens, cfg.batch_size)
-    batches = prompt_batches(prompts, cfg.batch_size, seed)
+    batches = prompt_batches(prompts, cfg.batch_size, seed, cfg.samples_per_prompt)
     history = []
     progress = tqdm(range(cfg.steps), desc="ppo", unit="step")
     for _step in progress:
