@@ -421,11 +421,15 @@ def ends_at_stop(response_ids: torch.Tensor, response_mask: torch.Tensor, stop_i
     return torch.isin(last_tokens, torch.tensor(stop_ids, device=response_ids.device))
 
 
+def response_text(tokenizer, token_ids: torch.Tensor) -> str:
+    """Text of response tokens as the reward model sees it: special tokens dropped, stripped."""
+    return tokenizer.decode(token_ids.tolist(), skip_special_tokens=True).strip()
+
+
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    """The summary text alone: tokens up to the stop token, special tokens dropped."""
+    """The summary text alone: tokens up to the stop token."""
     lengths = response_mask.sum(1).long().tolist()
-    return [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
-            for row, n in zip(response_ids, lengths)]
+    return [response_text(tokenizer, row[:n]) for row, n in zip(response_ids, lengths)]
 
 
 def prefix_potentials(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor,
@@ -436,8 +440,7 @@ def prefix_potentials(tokenizer, response_ids: torch.Tensor, response_mask: torc
     bag-of-words classifier such as profanity-check, a real cost for a transformer classifier.
     """
     lengths = response_mask.sum(1).long().tolist()
-    texts = [tokenizer.decode(row[:t].tolist(), skip_special_tokens=True).strip()
-             for row, n in zip(response_ids, lengths) for t in range(n)]
+    texts = [response_text(tokenizer, row[:t]) for row, n in zip(response_ids, lengths) for t in range(n)]
     flat = reward_fn(texts).float()
     potentials = torch.zeros(response_mask.shape, dtype=torch.float32)
     for row, chunk in enumerate(flat.split(lengths)):
