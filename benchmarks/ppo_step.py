@@ -4,8 +4,8 @@ Runs a few PPO steps of the `train_ppo` params on the pipeline's own outputs (af
 and prints one line of timings per step, so settings that change the cost of a step (`top_layers`,
 `batch_size`, `max_new_tokens`, `ppo_epochs`) can be compared before spending a run on them:
 
-    python benchmarks/ppo_step.py                      # the params as they are
-    python benchmarks/ppo_step.py --set top_layers=10  # PPO adapter in the last 10 layers only
+    python benchmarks/ppo_step.py                        # the params as they are
+    python benchmarks/ppo_step.py --set top_layers=null  # PPO adapter in every layer, nothing cached
 
 The steps are `ppo.train_ppo`'s own (optimizer, KL controller, greedy-baseline pass before the
 first step, which is not in the step times). The first step includes warm-up; compare the later

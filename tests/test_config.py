@@ -47,6 +47,8 @@ def test_nested_classifier_specs_are_typed_and_checked():
     cfg = build_config(EvaluateConfig, {"toxicity_classifiers": [
         {"name": "a"}, {"name": "b", "kind": "hf", "model": "org/model", "label": "hate"}]}, "evaluate")
     assert cfg.toxicity_classifiers[1] == ClassifierSpec("b", "hf", "org/model", "hate")
+    with pytest.raises(ParamsError, match=r"classifier a\.score_by"):
+        build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "a", "score_by": "worst"}]}, "evaluate")
     with pytest.raises(ParamsError, match=r"evaluate\.toxicity_classifiers\[0\]\.colour"):
         build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "a", "colour": 1}]}, "evaluate")
     with pytest.raises(ParamsError, match="needs both"):

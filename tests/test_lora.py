@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from conftest import fixture_rows
@@ -6,7 +8,7 @@ from datasets import Dataset
 from detoxsum.config import TrainLoraConfig
 from detoxsum.data import tokenize_split
 from detoxsum.errors import ParamsError
-from detoxsum.lora import lora_targets, top_layer_targets, train_lora
+from detoxsum.lora import attach_lora, lora_targets, top_layer_targets, train_lora
 from detoxsum.modeling import load_model
 
 
@@ -49,3 +51,14 @@ def test_training_changes_only_the_adapter_and_lowers_loss(tiny_model_dir, tmp_p
     for name, tensor in base_model.state_dict().items():
         if "lora_" not in name and "base_layer" not in name:
             assert torch.equal(tensor, base_before[name]), name
+
+
+def test_saved_adapter_config_lists_targets_in_sorted_order(tiny_llama_dir, tmp_path):
+    """peft stores target_modules as a set; saved in set order, adapter_config.json (and so the DVC
+    hash of artifacts/lora) changed with PYTHONHASHSEED. Seven targets: a set comes out sorted by
+    chance once in 5040 processes."""
+    model, _tokenizer, family = load_model(tiny_llama_dir)
+    targets = ["v_proj", "up_proj", "q_proj", "o_proj", "k_proj", "gate_proj", "down_proj"]
+    attach_lora(model, family, r=2, alpha=4, dropout=0.0, targets=targets).save_pretrained(str(tmp_path))
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert saved == sorted(targets)

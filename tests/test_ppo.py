@@ -285,10 +285,11 @@ def test_forward_response_scores_the_tokens_generate_produced(tiny_model_dir):
                              pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, output_logits=True)
         response_ids = family.response_ids(out.sequences, batch["input_ids"].shape[1])
         mask = response_mask_until_stop(response_ids, stops)
-        logits, hidden = family.forward_response(model, batch["input_ids"], batch["attention_mask"], response_ids, mask)
+        logits, hidden, frozen = family.forward_response(model, batch["input_ids"], batch["attention_mask"],
+                                                         response_ids, mask)
     expected = torch.stack(out.logits, dim=1)
     assert logits.shape == expected.shape and hidden.shape[:2] == response_ids.shape
-    assert hidden.shape[2] == model.config.hidden_size
+    assert hidden.shape[2] == model.config.hidden_size and frozen is None  # no frozen_from, nothing cached
     keep = mask.bool()
     torch.testing.assert_close(logits.log_softmax(-1)[keep], expected.log_softmax(-1)[keep], atol=1e-4, rtol=1e-4)
 
@@ -308,12 +309,14 @@ def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path):
     assert torch.equal(rollout.values, torch.zeros_like(rollout.values))  # zero-initialised value head
 
 
-@pytest.mark.parametrize("reward_baseline", ["none", "greedy", "leave_one_out"])
-def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_model_dir, tmp_path, reward_baseline):
+@pytest.mark.parametrize(("reward_baseline", "top_layers"),
+                         [("none", None), ("greedy", None), ("leave_one_out", None), ("none", 1)])
+def test_ppo_raises_a_toy_reward_and_moves_only_adapter_and_value_head(tiny_model_dir, tmp_path, reward_baseline,
+                                                                       top_layers):
     model_dir = sharpened_copy(tiny_model_dir, tmp_path / "model")
     cfg = TrainPPOConfig(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=4, lr=2e-2, r=8, alpha=16,
                          max_new_tokens=8, kl_coef=0.01, adaptive_kl=False, early_stop_approx_kl=None,
-                         reward_baseline=reward_baseline,
+                         reward_baseline=reward_baseline, top_layers=top_layers,
                          samples_per_prompt=4 if reward_baseline == "leave_one_out" else 1)
     ppo = build_ppo_model(model_dir, [], cfg)
     frozen = {name: p.detach().clone() for name, p in ppo.policy.named_parameters() if "lora_" not in name}
@@ -338,6 +341,45 @@ def test_top_layers_puts_the_ppo_adapter_in_the_last_layers_only(tiny_llama_dir)
     adapted = {name.split(".lora_")[0] for name, p in ppo.policy.named_parameters() if p.requires_grad}
     assert adapted == {"base_model.model.model.layers.1.self_attn.q_proj",
                        "base_model.model.model.layers.1.self_attn.v_proj"}
+
+
+def test_frozen_layers_run_once_per_rollout_and_change_nothing(tiny_model_dir, tmp_path):
+    """With the adapter in the top layer only, the layers below (T5: the encoder) run in the rollout's
+    first pass; the reference pass and the update start from their cached output with the same logits."""
+    sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
+    ppo = build_ppo_model(tiny_model_dir, [sft_dir], TrainPPOConfig(r=4, alpha=8, top_layers=1))
+    randomize_lora_b(ppo.policy, seed=5)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(3)], ppo, SHORT_BASE)
+    torch.manual_seed(0)
+    rollout = sample_responses(ppo, prompts, max_new_tokens=6)
+    bottom = ppo.policy.get_base_model()
+    bottom = bottom.encoder.block[0] if ppo.family.name == "encoder-decoder" else bottom.model.layers[0]
+    calls = []
+    bottom.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        full_logits, full_values, rollout.frozen = forward_policy(ppo, rollout)
+        assert len(calls) == 1 and rollout.frozen is not None
+        cached_logits, cached_values, _ = forward_policy(ppo, rollout)
+        with ppo.policy.disable_adapter():
+            rollout_ref = rollout.select(torch.arange(3))
+            cached_ref = forward_policy(ppo, rollout_ref)[0]
+            rollout_ref.frozen = None
+            full_ref = forward_policy(ppo, rollout_ref)[0]
+    assert len(calls) == 2  # the cached passes skipped the bottom layer; the last uncached one ran it
+    torch.testing.assert_close(cached_logits, full_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_values, full_values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_ref, full_ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cached_ref, cached_logits, atol=1e-3)  # the adapter acts above the cache
+
+
+def test_frozen_layers_are_cached_only_where_a_middle_layer_can_take_inputs_embeds():
+    from transformers import GPT2Config, LlamaConfig, T5Config
+
+    from detoxsum.modeling import DecoderOnly, EncoderDecoder
+
+    assert DecoderOnly().caches_frozen_layers(LlamaConfig())
+    assert not DecoderOnly().caches_frozen_layers(GPT2Config())  # adds position embeddings to inputs_embeds
+    assert EncoderDecoder().caches_frozen_layers(T5Config())
 
 
 def test_greedy_baselines_score_the_reference_greedy_summary_once_per_prompt(tiny_model_dir, tmp_path):
@@ -426,6 +468,15 @@ def test_collect_rollout_with_prefix_shaping_moves_reward_off_the_last_token_but
     before_last[torch.arange(4), plain.response_mask.sum(1).long() - 1] = 0
     assert (plain.rewards * before_last).abs().sum() == 0
     assert (shaped.rewards * before_last).abs().sum() > 0
+
+
+def test_collect_rollout_without_advantage_whitening_keeps_the_gae_scale(tiny_model_dir):
+    _, (whitened, _), (raw, _) = paired_rollouts(tiny_model_dir, text_length, 6, whiten_advantages=False)
+    mask = raw.response_mask
+    expected, _ = gae_advantages(raw.rewards, raw.values, mask, gamma=1.0, lam=0.95)
+    torch.testing.assert_close(raw.advantages, expected)
+    torch.testing.assert_close(whitened.advantages, masked_whiten(expected, mask) * mask)
+    assert not torch.allclose(raw.advantages, whitened.advantages)
 
 
 def test_saved_adapter_and_value_head_reload_on_top_of_the_sft_adapter(tiny_model_dir, tmp_path):

@@ -10,6 +10,34 @@ def test_profanity_check_ranks_insults_above_neutral_text():
     assert scorer.score([]) == []
 
 
+def test_worst_word_scores_a_text_by_its_most_toxic_word():
+    from detoxsum.reward import WorstWordScorer
+
+    class WordTable:
+        name = "table"
+        calls: list[list[str]] = []
+
+        def score(self, texts):
+            self.calls.append(list(texts))
+            return [{"rude": 0.9, "mild": 0.4}.get(text, 0.1) for text in texts]
+
+    inner = WordTable()
+    scorer = WorstWordScorer(inner, "worst")
+    assert scorer.score(["a mild day", "rude, rude and mild!", "calm", "..."]) == [0.4, 0.9, 0.1, 0.1]
+    assert sorted(inner.calls[0]) == sorted(set(inner.calls[0]))  # each distinct word scored once
+
+
+def test_padding_lowers_the_whole_text_score_but_not_the_worst_word():
+    spec = {"name": "p", "kind": "profanity-check"}
+    whole = build_scorer(ClassifierSpec(**spec))
+    worst = build_scorer(ClassifierSpec(**spec, score_by="worst_word"))
+    short = "#Person1# is a lazy freeloader."
+    padded = "#Person1# is a lazy freeloader who has no plans to work with #Person2# on the budget section."
+    assert whole.score([padded])[0] < whole.score([short])[0] - 0.2
+    assert worst.score([padded]) == worst.score([short]) == whole.score(["lazy"])
+    assert worst.name == "p"
+
+
 def test_hf_classifier_scores_the_chosen_label(tmp_path):
     import pytest
     from conftest import train_tokenizer

@@ -117,10 +117,15 @@ class ClassifierSpec:
     kind: str = "profanity-check"  # or "hf"
     model: str | None = None  # Hub id or local path, for kind "hf"
     label: str | None = None  # label whose probability is the toxicity, for kind "hf"
+    # "text": score each summary as a whole; "worst_word": its most toxic word, each word scored
+    # alone, a view that padding a rude word with neutral ones cannot lower (see reward.WorstWordScorer).
+    score_by: str = "text"
 
     def __post_init__(self) -> None:
         _require(self.kind in ("profanity-check", "hf"), f"classifier {self.name}.kind",
                  f"must be 'profanity-check' or 'hf', got {self.kind!r}")
+        _require(self.score_by in ("text", "worst_word"), f"classifier {self.name}.score_by",
+                 f"must be 'text' or 'worst_word', got {self.score_by!r}")
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), f"classifier {self.name}",
                      "kind 'hf' needs both 'model' and 'label'")
@@ -192,6 +197,9 @@ class TrainPPOConfig:
     target_kl: float = 6.0  # adaptive controller target (Ziegler et al. 2019)
     kl_horizon: int = 10000
     whiten_rewards: bool = False
+    # Scale advantages to unit variance over the batch (Huang et al.'s default). Off, a batch whose
+    # samples barely differ in reward moves the policy barely, instead of as far as a telling one.
+    whiten_advantages: bool = True
     reward_clip: float | None = None
     max_grad_norm: float = 1.0
     early_stop_approx_kl: float | None = 1.0  # stop the epoch loop once approx KL exceeds this

@@ -80,7 +80,13 @@ def top_layer_targets(model, targets: list[str], layers: int) -> list[str]:
     return [name for index, name in indexed if index >= lowest]
 
 
+def lowest_layer(module_names: list[str]) -> int:
+    """The smallest decoder-layer index among full module names such as `top_layer_targets` returns."""
+    return min(int(LAYER_INDEX.search(name).group(1)) for name in module_names)
+
+
 def attach_lora(model, family: Family, r: int, alpha: int, dropout: float, targets: list[str]) -> PeftModel:
+    """A fresh LoRA adapter on `targets`, whose saved adapter_config.json is the same on every run."""
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -88,7 +94,12 @@ def attach_lora(model, family: Family, r: int, alpha: int, dropout: float, targe
         target_modules=targets,
         task_type=TaskType[family.peft_task_type],
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    # peft keeps target_modules as a set and saves it in set order, which follows Python's per-process
+    # string hashing: identical weights then got a new DVC hash on every run and reran evaluate and
+    # register. The set is only read while the adapter is injected, so a sorted list is safe here.
+    config.target_modules = sorted(config.target_modules)
+    return peft_model
 
 
 def train_lora(

@@ -12,6 +12,7 @@ package, dequantized by transformers through `gguf`), a Hub id, or a local folde
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_outputs import BaseModelOutput
 
 from detoxsum.config import EMBEDDED_MODEL
 from detoxsum.errors import ModelLoadError
@@ -35,6 +37,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # attention dropout is a float here, not an nn.Dropout, so model.eval() alone is not enough in training.
 DROPOUT_KEYS = ("dropout_rate", "attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop")
 IGNORE_INDEX = -100
+# Decoder-only architectures whose layers sit in `model.layers` and take rotary positions, which
+# `DecoderOnly.forward_response` can run from a middle layer up.
+ROTARY_LAYER_STACKS = ("llama", "mistral", "qwen2")
 
 
 @dataclass(frozen=True)
@@ -57,18 +62,29 @@ class EncoderDecoder:
     def response_ids(self, generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
         return generated[:, 1:]  # drop the decoder start token
 
-    def forward_response(self, model, prompt_ids, prompt_mask, response_ids, response_mask):
-        """Logits [B, T, V] that score each response token, and the decoder's last hidden states
-        [B, T, H] at the positions that predict them (teacher forcing: start token + response[:-1]).
+    def caches_frozen_layers(self, config) -> bool:
+        """Whether `forward_response` can start above frozen layers: the encoder, for every model."""
+        return True
 
+    def forward_response(self, model, prompt_ids, prompt_mask, response_ids, response_mask,
+                         frozen_from: int | None = None, frozen: torch.Tensor | None = None):
+        """Logits [B, T, V] that score each response token, the decoder's last hidden states [B, T, H]
+        at the positions that predict them (teacher forcing: start token + response[:-1]), and the
+        frozen features (see `DecoderOnly.forward_response`).
+
+        Here the frozen part is the whole encoder: `frozen_from` (any layer index) says no adapter
+        trains in it, and `frozen` is its output [B, S, H], passed back in so later passes skip it.
         The decoder is causal, so tokens after a response's end cannot change earlier positions and
         `response_mask` is not needed here.
         """
         start = torch.full_like(response_ids[:, :1], model.config.decoder_start_token_id)
         decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
-        outputs = model(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_input_ids,
+        source = {"input_ids": prompt_ids} if frozen is None else {"encoder_outputs": BaseModelOutput(frozen)}
+        outputs = model(**source, attention_mask=prompt_mask, decoder_input_ids=decoder_input_ids,
                         output_hidden_states=True, use_cache=False)
-        return outputs.logits, outputs.decoder_hidden_states[-1]
+        if frozen is None and frozen_from is not None:
+            frozen = outputs.encoder_last_hidden_state
+        return outputs.logits, outputs.decoder_hidden_states[-1], frozen
 
 
 @dataclass(frozen=True)
@@ -98,9 +114,22 @@ class DecoderOnly:
     def response_ids(self, generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
         return generated[:, prompt_length:]
 
-    def forward_response(self, model, prompt_ids, prompt_mask, response_ids, response_mask):
-        """Logits [B, T, V] that score each response token, and the last hidden states [B, T, H] at
-        the positions that predict them: prompt_len-1 ... prompt_len+T-2 of prompt + response.
+    def caches_frozen_layers(self, config) -> bool:
+        """Whether `forward_response` can start at a middle layer: only for architectures whose
+        decoder stack is `model.layers` and whose positions enter inside attention (rotary), so a
+        hidden state passed as `inputs_embeds` is not shifted again (GPT-2 adds position embeddings)."""
+        return config.model_type in ROTARY_LAYER_STACKS
+
+    def forward_response(self, model, prompt_ids, prompt_mask, response_ids, response_mask,
+                         frozen_from: int | None = None, frozen: torch.Tensor | None = None):
+        """Logits [B, T, V] that score each response token, the last hidden states [B, T, H] at the
+        positions that predict them (prompt_len-1 ... prompt_len+T-2 of prompt + response), and the
+        frozen features.
+
+        `frozen_from` is the lowest layer holding a trainable adapter: nothing below it changes
+        during PPO, so its input [B, S, H] (prompt + response) is returned as the frozen features,
+        and a pass given them back as `frozen` runs only the layers from `frozen_from` up. Without
+        `frozen_from` the third value is None.
 
         Prompts are left-padded, so position ids count only real tokens (as generate does);
         `logits_to_keep` projects just the T+1 last positions onto the vocabulary.
@@ -109,9 +138,30 @@ class DecoderOnly:
         attention_mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         length = response_ids.shape[1]
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        output_hidden_states=True, use_cache=False, logits_to_keep=length + 1)
-        return outputs.logits[:, :-1], outputs.hidden_states[-1][:, -(length + 1) : -1]
+        common = {"attention_mask": attention_mask, "position_ids": position_ids, "output_hidden_states": True,
+                  "use_cache": False, "logits_to_keep": length + 1}
+        if frozen is None:
+            outputs = model(input_ids=input_ids, **common)
+            if frozen_from is not None:
+                frozen = outputs.hidden_states[frozen_from]
+        else:
+            with layers_from(model, frozen_from):
+                outputs = model(inputs_embeds=frozen, **common)
+        return outputs.logits[:, :-1], outputs.hidden_states[-1][:, -(length + 1) : -1], frozen
+
+
+@contextmanager
+def layers_from(model, first: int):
+    """Run a decoder-only model from layer `first` up: the layers below are left out of its layer
+    list for the duration, so `inputs_embeds` are taken as the input of layer `first`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    stack = inner.base_model if hasattr(inner, "base_model") else inner
+    all_layers = stack.layers
+    stack.layers = torch.nn.ModuleList(list(all_layers)[first:])
+    try:
+        yield
+    finally:
+        stack.layers = all_layers
 
 
 Family = EncoderDecoder | DecoderOnly

@@ -8,13 +8,17 @@ towards a target KL by their adaptive controller. The engineering follows Huang,
 log-probs recomputed in a forward pass rather than taken from generate; dropout off so those
 log-probs are deterministic; GAE over response tokens; advantages whitened over the batch;
 clipped policy and value losses; several epochs of shuffled minibatches; a zero-initialised value
-head; Adam with eps 1e-5. One addition (`train_ppo.reward_baseline: greedy`): each score is taken
-relative to the reward of the SFT model's greedy summary of the same dialogue (ReMax's baseline,
-Li et al. 2023), which keeps the advantages about the summary rather than about the dialogue when a
-run has only a few hundred samples. Two more, off by default: `reward_baseline: leave_one_out`
-with `samples_per_prompt: k` scores each of k samples of a dialogue against the mean of its
-siblings (RLOO, Ahmadian et al. 2024), and `reward_shaping: prefix` spreads each score over the
-summary's tokens by the reward of every prefix (potential-based shaping, Ng et al. 1999).
+head; Adam with eps 1e-5. Departures from it, each behind a `train_ppo` key: `reward_shaping:
+prefix` gives every token the change in the reward model's score of the summary text up to it
+(potential-based shaping, Ng, Harada & Russell 1999: each summary's total, and so the optimum, is
+unchanged); with `lam: 0` each token's advantage is then its own reward plus the value head's
+one-step correction, so the word that made a summary rude takes the blame instead of all forty
+tokens sharing one end-of-summary score. That is the offline default: on the 2-core budget of 128
+samples a run, a sequence-level score moved the policy by noise (KL 3-7 nats, ROUGE-L -3 on average)
+more than by the reward. `reward_baseline: greedy` takes each score relative to the reward of the
+SFT model's greedy summary of the same dialogue (ReMax's baseline, Li et al. 2023);
+`reward_baseline: leave_one_out` with `samples_per_prompt: k` scores each of k samples of a
+dialogue against the mean of its siblings (RLOO, Ahmadian et al. 2024).
 
 Why hand-written: trl >= 1.13 removed PPOTrainer and AutoModelForSeq2SeqLMWithValueHead (PR #7020),
 and its remaining online trainers (GRPO, RLOO) slice completions out of prompt+completion
@@ -27,9 +31,11 @@ reference. The fresh adapter's B matrices are zero, so at the first step pi == p
 
 Where the time goes (SmolLM2-135M, 2 CPU cores): a step is one sampling pass, two forward passes
 (policy, reference) and `ppo_epochs` forward+backward passes over the batch; with bf16 the frozen
-weights are stored in bf16 so autocast does not re-cast them on every generated token. The update
-epochs are two thirds of a step; `train_ppo.top_layers` keeps the adapter in the last layers so the
-backward pass stops there (`benchmarks/ppo_step.py` prints the split).
+weights are stored in bf16 so autocast does not re-cast them on every generated token. With every
+layer adapted the update epochs are two thirds of a step. `train_ppo.top_layers` keeps the adapter
+in the last layers: the backward pass stops there, and since nothing below changes during a step,
+the first forward pass keeps the output of the frozen layers (T5: the encoder) and the reference
+pass and all update epochs run only the layers above it (`benchmarks/ppo_step.py` prints the split).
 
 Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
 
@@ -55,7 +61,7 @@ from tqdm.auto import tqdm
 
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.errors import DataError
-from detoxsum.lora import attach_lora, lora_targets, top_layer_targets
+from detoxsum.lora import attach_lora, lora_targets, lowest_layer, top_layer_targets
 from detoxsum.modeling import (
     Family,
     autocast,
@@ -257,6 +263,10 @@ class PPOModel:
     tokenizer: object
     family: Family
     bf16: bool = False
+    # Lowest layer holding the PPO adapter when `top_layers` confines it (None: every layer). What
+    # lies below it is frozen, so each rollout computes its output once (`Rollout.frozen`) and the
+    # reference pass and every update epoch start from there.
+    frozen_from: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -285,13 +295,16 @@ def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: 
     else:
         merged, tokenizer, family = load_model(model_dir, no_dropout=True)
     targets = lora_targets(merged, cfg.target_modules)
+    frozen_from = None
     if cfg.top_layers is not None:
         targets = top_layer_targets(merged, targets, cfg.top_layers)
+        if family.caches_frozen_layers(merged.config):
+            frozen_from = lowest_layer(targets)
     policy = attach_lora(merged, family, cfg.r, cfg.alpha, dropout=0.0, targets=targets)
     if bf16:
         store_frozen_linears_in_bf16(policy)
     value_head = ValueHead(merged.config.hidden_size)
-    return PPOModel(policy, value_head, tokenizer, family, bf16)
+    return PPOModel(policy, value_head, tokenizer, family, bf16, frozen_from)
 
 
 def store_frozen_linears_in_bf16(model: nn.Module) -> None:
@@ -325,16 +338,19 @@ def load_value_head(ppo_dir: str | Path, hidden_size: int) -> ValueHead:
     return value_head
 
 
-def forward_policy(ppo: PPOModel, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits [B, T, V] for the response tokens and values [B, T] of the states before them.
+def forward_policy(ppo: PPOModel, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Float32 logits [B, T, V] for the response tokens, values [B, T] of the states before them, and
+    the frozen layers' output (None unless `ppo.frozen_from`); a batch that already holds the
+    latter (`batch.frozen`) runs only the layers above it.
 
     The transformer runs under bf16 autocast when enabled; softmax and the value head run in float32.
     """
     with autocast(ppo.device, ppo.bf16):
-        logits, hidden = ppo.family.forward_response(
-            ppo.policy, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+        logits, hidden, frozen = ppo.family.forward_response(
+            ppo.policy, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+            frozen_from=ppo.frozen_from, frozen=batch.frozen,
         )
-    return logits.float(), ppo.value_head(hidden.float())
+    return logits.float(), ppo.value_head(hidden.float()), frozen
 
 
 # --- prompts and rollouts ---------------------------------------------------------------------------
@@ -384,6 +400,7 @@ class Rollout:
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor  # float: 1.0 up to and including the first stop token
+    frozen: torch.Tensor | None = None  # output of the layers below the PPO adapter (see PPOModel)
     logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
@@ -488,14 +505,14 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
 
     # 2. old log-probs and values, from the same forward pass the update uses (generate's scores come
     #    from a different, cached computation), so that the ratios start at 1
-    logits, rollout.values = forward_policy(ppo, rollout)
+    logits, rollout.values, rollout.frozen = forward_policy(ppo, rollout)
     rollout.logprobs = logprobs_from_logits(logits, rollout.response_ids)
     entropy = masked_mean(entropy_from_logits(logits), mask)
     del logits  # [B, T, vocab] float32: the largest tensor of the step
 
     # 3. reference log-probs: the same weights with the PPO adapter switched off
     with ppo.policy.disable_adapter():
-        ref_logits, _ = forward_policy(ppo, rollout)
+        ref_logits, _, _ = forward_policy(ppo, rollout)
     rollout.ref_logprobs = logprobs_from_logits(ref_logits, rollout.response_ids)
     del ref_logits
 
@@ -523,7 +540,8 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     rollout.advantages, rollout.returns = gae_advantages(rollout.rewards, rollout.values, mask, cfg.gamma, cfg.lam)
 
     # 6. whiten advantages over the whole batch (not per minibatch)
-    rollout.advantages = masked_whiten(rollout.advantages, mask) * mask
+    if cfg.whiten_advantages:
+        rollout.advantages = masked_whiten(rollout.advantages, mask) * mask
 
     sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1)
     stats = {
@@ -545,7 +563,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
 def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rollout,
                      cfg: TrainPPOConfig) -> dict[str, float]:
     """One gradient step on the clipped policy loss + vf_coef * clipped value loss."""
-    logits, values = forward_policy(ppo, batch)
+    logits, values, _ = forward_policy(ppo, batch)
     logprobs = logprobs_from_logits(logits, batch.response_ids)
     mask = batch.response_mask
     pg_loss, clip_fraction = policy_loss(logprobs, batch.logprobs, batch.advantages, mask, cfg.clip_range)
