@@ -64,15 +64,21 @@ def lora_targets(model, configured: list[str] | None) -> list[str]:
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|block|h)\.(\d+)\.")
 
 
+def layer_index(module_name: str) -> int | None:
+    """The decoder-layer index in a full module name (see LAYER_INDEX), or None outside numbered layers."""
+    match = LAYER_INDEX.search(module_name)
+    return int(match.group(1)) if match else None
+
+
 def top_layer_targets(model, targets: list[str], layers: int) -> list[str]:
     """Full names of the `targets` modules in the last `layers` decoder layers (encoder-decoder
     models: of the decoder only), for a LoRA adapter on the top of the network alone."""
     decoder_only = not getattr(model.config, "is_encoder_decoder", False)
     indexed = []
     for name, _module in model.named_modules():
-        match = LAYER_INDEX.search(name)
-        if match and name.rsplit(".", 1)[-1] in targets and (decoder_only or "decoder." in name):
-            indexed.append((int(match.group(1)), name))
+        index = layer_index(name)
+        if index is not None and name.rsplit(".", 1)[-1] in targets and (decoder_only or "decoder." in name):
+            indexed.append((index, name))
     if not indexed:
         raise ParamsError(f"train_ppo.top_layers: no numbered decoder layers hold {targets} in this "
                           f"{model.config.model_type} model")
@@ -82,7 +88,7 @@ def top_layer_targets(model, targets: list[str], layers: int) -> list[str]:
 
 def lowest_layer(module_names: list[str]) -> int:
     """The smallest decoder-layer index among full module names such as `top_layer_targets` returns."""
-    return min(int(LAYER_INDEX.search(name).group(1)) for name in module_names)
+    return min(layer_index(name) for name in module_names)
 
 
 def attach_lora(model, family: Family, r: int, alpha: int, dropout: float, targets: list[str]) -> PeftModel:
