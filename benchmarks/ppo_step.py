@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 import yaml
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from detoxsum.config import TrainPPOConfig, build_config, load_params, load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
+from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import build_ppo_model, hardest_dialogues, render_prompts, train_ppo
 from detoxsum.reward import build_reward_model
 
@@ -53,10 +55,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     reward_model = build_reward_model(cfg.reward)
     dialogues = hardest_dialogues(list(read_jsonl_split(args.train_file)["dialogue"]), reward_model.rewards,
                                   cfg.hardest_prompts)
-    ppo = build_ppo_model(args.model_dir, [args.lora_dir], cfg, bf16=base.bf16).to(device())
+    precision = resolve_for_model(base.precision, AutoConfig.from_pretrained(args.model_dir), device())
+    ppo = build_ppo_model(args.model_dir, [args.lora_dir], cfg, precision).to(device())
     trainable = sum(p.numel() for p in ppo.trainable_parameters())
     print(f"train_ppo {overrides or 'as in params'}: {trainable:,} trainable parameters, "
-          f"{torch.get_num_threads()} threads, batch {cfg.batch_size}, {cfg.ppo_epochs} epochs")
+          f"{torch.get_num_threads()} threads ({torch.backends.cpu.get_cpu_capability()}), {precision}, batch {cfg.batch_size}, {cfg.ppo_epochs} epochs")
     step_numbers = itertools.count()
 
     def report(stats: dict[str, float]) -> None:  # under train_ppo's progress bar, hence tqdm.write

@@ -34,3 +34,21 @@ def test_ppo_step_benchmark_times_steps_with_overrides(tiny_llama_dir, tmp_path,
     assert len(history) == 2 and all(stats["time_update_s"] > 0 for stats in history)
     out = capsys.readouterr().out
     assert "{'top_layers': 1}" in out and "step 1:" in out
+
+
+def test_generation_benchmark_compares_with_plain_generate(tiny_llama_dir, tmp_path, capsys):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["base"]["max_source_tokens"] = 48
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps(row) + "\n" for row in fixture_rows(5)))
+    sft_dir = save_sft_adapter(tiny_llama_dir, tmp_path / "sft")
+
+    result = load_script("generation").main([
+        "--params", str(tmp_path / "params.yaml"), "--model-dir", str(tiny_llama_dir), "--lora-dir", str(sft_dir),
+        "--test-file", str(test_file), "--batch-size", "2", "--max-new-tokens", "4",
+        "--json", str(tmp_path / "generation.json")])
+
+    assert result["dialogues"] == 5 and result["plain_tokens_per_s"] > 0 and result["ours_tokens_per_s"] > 0
+    assert json.loads((tmp_path / "generation.json").read_text()) == result
+    assert "| ratio |" in capsys.readouterr().out

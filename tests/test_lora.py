@@ -41,7 +41,7 @@ def test_training_changes_only_the_adapter_and_lowers_loss(tiny_model_dir, tmp_p
                               "Summarize: {dialogue}\nSummary:", 64, 16)
     cfg = TrainLoraConfig(r=4, alpha=8, dropout=0.0, lr=5e-2, epochs=1, max_steps=12, batch_size=4,
                           logging_steps=1, eval_steps=100)
-    peft_model, metrics = train_lora(model, tokenizer, family, features, features, cfg, seed=0, bf16=False,
+    peft_model, metrics = train_lora(model, tokenizer, family, features, features, cfg, seed=0, precision="fp32",
                                      work_dir=tmp_path)
     assert metrics["steps"] == 12
     assert metrics["eval_loss"] < metrics["train_loss"]  # final eval after 12 steps vs the running mean

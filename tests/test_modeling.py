@@ -92,3 +92,25 @@ def test_family_seam_from_config_object():
 
     assert family_of(T5Config()).name == "encoder-decoder"
     assert family_of(LlamaConfig()).name == "decoder-only"
+
+
+def test_the_embedded_model_is_converted_once_then_loaded_from_the_cache(monkeypatch, tmp_path, tiny_llama_dir):
+    """A cold `summarize` must not dequantize the GGUF again: the first load saves safetensors to
+    the cache folder, later loads read them (the GGUF stand-in here is the tiny Llama folder)."""
+    from detoxsum import modeling
+    from detoxsum.config import EMBEDDED_MODEL
+
+    monkeypatch.setenv("DETOXSUM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(modeling, "resolve_source", lambda source: (str(tiny_llama_dir), {}))
+    locations = []
+    real_load_from = modeling.load_from
+    monkeypatch.setattr(modeling, "load_from", lambda source, location, *rest: (
+        locations.append(location) or real_load_from(source, location, *rest)))
+
+    first, _ = modeling.load_source_model(EMBEDDED_MODEL)
+    second, _ = modeling.load_source_model(EMBEDDED_MODEL)
+    cache = modeling.embedded_model_cache()
+    assert cache.parent == tmp_path / "cache" and (cache / "config.json").is_file()
+    assert locations == [str(tiny_llama_dir), str(cache), str(cache)]  # converted once, then cached
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name])

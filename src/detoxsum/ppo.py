@@ -30,8 +30,10 @@ a fresh LoRA adapter on top is the policy, and `with policy.disable_adapter():` 
 reference. The fresh adapter's B matrices are zero, so at the first step pi == pi_ref exactly.
 
 Where the time goes (SmolLM2-135M, 2 CPU cores): a step is one sampling pass, two forward passes
-(policy, reference) and `ppo_epochs` forward+backward passes over the batch; with bf16 the frozen
-weights are stored in bf16 so autocast does not re-cast them on every generated token. With every
+(policy, reference) and `ppo_epochs` forward+backward passes over the batch; under bf16/fp16 autocast
+the frozen weights are stored in that dtype so autocast does not re-cast them on every generated
+token, while the output layer that turns hidden states into the log-probs of PPO's ratios runs in
+float32 (bf16 logits near 40 are rounded to steps of 0.25). With every
 layer adapted the update epochs are two thirds of a step. `train_ppo.top_layers` keeps the adapter
 in the last layers: the backward pass stops there, and since nothing below changes during a step,
 the first forward pass keeps the output of the frozen layers (T5: the encoder) and the reference
@@ -39,7 +41,7 @@ pass and all update epochs run only the layers above it (`benchmarks/ppo_step.py
 
 Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
 
-    ppo = build_ppo_model(model_dir, [sft_adapter_dir], cfg, bf16=True)
+    ppo = build_ppo_model(model_dir, [sft_adapter_dir], cfg, precision="bf16")
     history = train_ppo(ppo, render_prompts(dialogues, ppo, base), reward_fn, cfg, seed=42)
     save_ppo_model(ppo, out_dir)   # loads back with load_with_adapters(model_dir, [sft_dir, out_dir])
 """
@@ -64,14 +66,15 @@ from detoxsum.errors import DataError
 from detoxsum.lora import attach_lora, lora_targets, lowest_layer, top_layer_targets
 from detoxsum.modeling import (
     Family,
-    autocast,
     fit_dialogue,
+    float32_output_layer,
     generate_summaries,
     load_model,
     load_with_adapters,
     pad_prompts,
     stop_token_ids,
 )
+from detoxsum.precision import DTYPES, autocast
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 # lm-human-preferences ran TensorFlow's Adam with eps 1e-5; Huang et al. found PyTorch's Adam with
@@ -151,7 +154,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def scores_at_last_token(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each response's score [B] placed at its last token, zeros elsewhere ([B, T])."""
     token_scores = torch.zeros_like(mask, dtype=scores.dtype)
-    token_scores[torch.arange(len(scores)), mask.sum(1).long() - 1] = scores
+    token_scores[torch.arange(len(scores), device=mask.device), mask.sum(1).long() - 1] = scores
     return token_scores
 
 
@@ -168,7 +171,7 @@ def prefix_shaped_scores(potentials: torch.Tensor, scores: torch.Tensor, mask: t
     steps = torch.zeros_like(potentials)
     steps[:, :-1] = potentials[:, 1:] - potentials[:, :-1]
     token_scores = steps.to(scores.dtype) * mask
-    rows, last = torch.arange(len(scores)), mask.sum(1).long() - 1
+    rows, last = torch.arange(len(scores), device=mask.device), mask.sum(1).long() - 1
     token_scores[rows, last] = 0.0
     token_scores[rows, last] = scores - token_scores.sum(1)
     return token_scores
@@ -262,7 +265,7 @@ class PPOModel:
     value_head: ValueHead
     tokenizer: object
     family: Family
-    bf16: bool = False
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16 (autocast dtype; weights stay fp32)
     # Lowest layer holding the PPO adapter when `top_layers` confines it (None: every layer). What
     # lies below it is frozen, so each rollout computes its output once (`Rollout.frozen`) and the
     # reference pass and every update epoch start from there.
@@ -283,7 +286,7 @@ class PPOModel:
 
 
 def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: TrainPPOConfig,
-                    bf16: bool = False) -> PPOModel:
+                    precision: str = "fp32") -> PPOModel:
     """Base model with the SFT adapter(s) merged, a fresh PPO LoRA adapter on top, and a value head.
 
     Dropout is zeroed in the config (T5's attention dropout is a float there, not a module), so the
@@ -301,14 +304,14 @@ def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: 
         if family.caches_frozen_layers(merged.config):
             frozen_from = lowest_layer(targets)
     policy = attach_lora(merged, family, cfg.r, cfg.alpha, dropout=0.0, targets=targets)
-    if bf16:
-        store_frozen_linears_in_bf16(policy)
+    if precision != "fp32":
+        store_frozen_linears_in(policy, DTYPES[precision])
     value_head = ValueHead(merged.config.hidden_size)
-    return PPOModel(policy, value_head, tokenizer, family, bf16, frozen_from)
+    return PPOModel(policy, value_head, tokenizer, family, precision, frozen_from)
 
 
-def store_frozen_linears_in_bf16(model: nn.Module) -> None:
-    """Keep the frozen nn.Linear weights in bfloat16, for use under bf16 autocast only.
+def store_frozen_linears_in(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the frozen nn.Linear weights in `dtype` (bf16 or fp16), for use under that autocast only.
 
     Autocast rounds every fp32 weight to bf16 before each matmul, so the results are the same; but
     it caches those copies only for weights that require grad, so frozen weights were re-cast on
@@ -319,10 +322,10 @@ def store_frozen_linears_in_bf16(model: nn.Module) -> None:
     embedding = model.get_input_embeddings().weight
     output = model.get_output_embeddings()
     if output.weight is embedding:
-        output.weight = nn.Parameter(embedding.detach().to(torch.bfloat16), requires_grad=False)
+        output.weight = nn.Parameter(embedding.detach().to(dtype), requires_grad=False)
     for module in model.modules():
         if isinstance(module, nn.Linear) and not module.weight.requires_grad:
-            module.to(torch.bfloat16)
+            module.to(dtype)
 
 
 def save_ppo_model(ppo: PPOModel, out_dir: str | Path) -> None:
@@ -343,9 +346,10 @@ def forward_policy(ppo: PPOModel, batch: Rollout) -> tuple[torch.Tensor, torch.T
     the frozen layers' output (None unless `ppo.frozen_from`); a batch that already holds the
     latter (`batch.frozen`) runs only the layers above it.
 
-    The transformer runs under bf16 autocast when enabled; softmax and the value head run in float32.
+    The transformer runs under the model's autocast precision; the output layer, softmax and the
+    value head run in float32, so PPO's probability ratios are not ratios of rounded logits.
     """
-    with autocast(ppo.device, ppo.bf16):
+    with autocast(ppo.device, ppo.precision), float32_output_layer(ppo.policy):
         logits, hidden, frozen = ppo.family.forward_response(
             ppo.policy, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
             frozen_from=ppo.frozen_from, frozen=batch.frozen,
@@ -419,7 +423,7 @@ def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int) -> 
     """Pure sampling (temperature 1, no top-k/top-p) so the samples come from pi itself."""
     stops = stop_token_ids(ppo.tokenizer)
     prompt = pad_prompts(ppo.tokenizer, ppo.family, prompts, ppo.device)
-    with autocast(ppo.device, ppo.bf16):
+    with autocast(ppo.device, ppo.precision):
         generated = ppo.policy.generate(
             **prompt, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
             eos_token_id=stops, pad_token_id=ppo.tokenizer.pad_token_id,
@@ -459,10 +463,10 @@ def prefix_potentials(tokenizer, response_ids: torch.Tensor, response_mask: torc
     lengths = response_mask.sum(1).long().tolist()
     texts = [response_text(tokenizer, row[:t]) for row, n in zip(response_ids, lengths) for t in range(n)]
     flat = reward_fn(texts).float()
-    potentials = torch.zeros(response_mask.shape, dtype=torch.float32)
-    for row, chunk in enumerate(flat.split(lengths)):
+    potentials = torch.zeros(response_mask.shape, dtype=torch.float32)  # filled on the host, moved once
+    for row, chunk in enumerate(flat.cpu().split(lengths)):
         potentials[row, :len(chunk)] = chunk
-    return potentials
+    return potentials.to(response_mask.device)
 
 
 @torch.no_grad()
@@ -479,7 +483,7 @@ def greedy_baselines(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, max
     distinct = list(dict.fromkeys(prompts))
     with ppo.policy.disable_adapter():
         summaries = generate_summaries(ppo.policy, ppo.tokenizer, ppo.family, distinct, batch_size, max_new_tokens,
-                                       bf16=ppo.bf16, show_progress=False)
+                                       precision=ppo.precision, show_progress=False)
     return dict(zip(distinct, reward_fn(summaries).float().tolist()))
 
 
@@ -504,17 +508,14 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     scored = time.perf_counter()
 
     # 2. old log-probs and values, from the same forward pass the update uses (generate's scores come
-    #    from a different, cached computation), so that the ratios start at 1
-    logits, rollout.values, rollout.frozen = forward_policy(ppo, rollout)
-    rollout.logprobs = logprobs_from_logits(logits, rollout.response_ids)
-    entropy = masked_mean(entropy_from_logits(logits), mask)
-    del logits  # [B, T, vocab] float32: the largest tensor of the step
+    #    from a different, cached computation), so that the ratios start at 1; minibatch-sized chunks,
+    #    so the float32 [rows, T, vocab] logits never exist for the whole batch at once
+    rollout.logprobs, rollout.values, rollout.frozen, entropies = chunked_logprobs(ppo, rollout, cfg.minibatch_size)
+    entropy = masked_mean(entropies, mask)
 
     # 3. reference log-probs: the same weights with the PPO adapter switched off
     with ppo.policy.disable_adapter():
-        ref_logits, _, _ = forward_policy(ppo, rollout)
-    rollout.ref_logprobs = logprobs_from_logits(ref_logits, rollout.response_ids)
-    del ref_logits
+        rollout.ref_logprobs, *_ = chunked_logprobs(ppo, rollout, cfg.minibatch_size)
 
     # 4. rewards: score (minus the prompt's baseline) at the last token, or spread over the tokens by
     #    `reward_shaping: prefix`; -beta * KL per token; a summary cut before its end of turn gets
@@ -528,7 +529,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     gains = scores if baselines is None else scores - baselines.to(scores)
     rollout.scores = gains if cfg.reward_clip is None else gains.clamp(-cfg.reward_clip, cfg.reward_clip)
     if cfg.reward_shaping == "prefix":
-        potentials = prefix_potentials(ppo.tokenizer, rollout.response_ids, mask, reward_fn).to(ppo.device)
+        potentials = prefix_potentials(ppo.tokenizer, rollout.response_ids, mask, reward_fn)
         token_scores = prefix_shaped_scores(potentials, rollout.scores, mask)
     else:
         token_scores = scores_at_last_token(rollout.scores, mask)
@@ -560,18 +561,34 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     return rollout, stats
 
 
+def chunked_logprobs(ppo: PPOModel, rollout: Rollout, chunk_size: int):
+    """Log-probs [B, T] of the rollout's response tokens, values [B, T], the frozen layers' output
+    (see `forward_policy`) and per-token entropies [B, T], computed `chunk_size` rows at a time."""
+    parts = []
+    for rows in torch.arange(len(rollout.response_ids), device=rollout.response_ids.device).split(chunk_size):
+        chunk = rollout.select(rows)
+        logits, values, frozen = forward_policy(ppo, chunk)
+        parts.append((logprobs_from_logits(logits, chunk.response_ids), values, frozen, entropy_from_logits(logits)))
+        del logits  # [rows, T, vocab] float32: the largest tensor of the step
+    logprobs, values, frozen, entropies = (list(column) for column in zip(*parts))
+    return torch.cat(logprobs), torch.cat(values), None if frozen[0] is None else torch.cat(frozen), torch.cat(entropies)
+
+
 def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rollout,
-                     cfg: TrainPPOConfig) -> dict[str, float]:
-    """One gradient step on the clipped policy loss + vf_coef * clipped value loss."""
+                     cfg: TrainPPOConfig, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One gradient step on the clipped policy loss + vf_coef * clipped value loss (loss-scaled under fp16)."""
     logits, values, _ = forward_policy(ppo, batch)
     logprobs = logprobs_from_logits(logits, batch.response_ids)
     mask = batch.response_mask
     pg_loss, clip_fraction = policy_loss(logprobs, batch.logprobs, batch.advantages, mask, cfg.clip_range)
     vf_loss, vf_clip_fraction = value_loss(values, batch.values, batch.returns, mask, cfg.clip_range_value)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
     optimizer.zero_grad(set_to_none=True)
-    (pg_loss + cfg.vf_coef * vf_loss).backward()
+    scaler.scale(pg_loss + cfg.vf_coef * vf_loss).backward()
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(ppo.trainable_parameters(), cfg.max_grad_norm)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return {
         "policy_loss": pg_loss.item(),
         "value_loss": vf_loss.item(),
@@ -582,13 +599,13 @@ def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rol
 
 
 def ppo_epochs(ppo: PPOModel, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: TrainPPOConfig,
-               generator: torch.Generator) -> list[dict[str, float]]:
+               generator: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> list[dict[str, float]]:
     """Several epochs of shuffled minibatch updates; stops early once approx KL passes the threshold,
     since the clipped objective no longer holds the policy near the one that sampled the batch."""
     updates: list[dict[str, float]] = []
     for _epoch in range(cfg.ppo_epochs):
         for index in torch.randperm(cfg.batch_size, generator=generator).split(cfg.minibatch_size):
-            updates.append(minibatch_update(ppo, optimizer, rollout.select(index), cfg))
+            updates.append(minibatch_update(ppo, optimizer, rollout.select(index.to(ppo.device)), cfg, scaler))
             if cfg.early_stop_approx_kl is not None and updates[-1]["approx_kl"] > cfg.early_stop_approx_kl:
                 return updates
     return updates
@@ -596,14 +613,14 @@ def ppo_epochs(ppo: PPOModel, optimizer: torch.optim.Optimizer, rollout: Rollout
 
 def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, kl_ctl, prompts: list[str], reward_fn: RewardFn,
              cfg: TrainPPOConfig, generator: torch.Generator,
-             baselines: dict[str, float] | None = None) -> dict[str, float]:
+             baselines: dict[str, float] | None = None, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One PPO iteration on a batch of prompts; returns its statistics."""
     batch_baselines = None if baselines is None else torch.tensor([baselines[p] for p in prompts])
     rollout, stats = collect_rollout(ppo, prompts, reward_fn, cfg, kl_ctl.value, batch_baselines)  # steps 1-6
 
     # 7. PPO epochs over shuffled minibatches
     started = time.perf_counter()
-    updates = ppo_epochs(ppo, optimizer, rollout, cfg, generator)
+    updates = ppo_epochs(ppo, optimizer, rollout, cfg, generator, scaler)
     stats.update({key: sum(update[key] for update in updates) / len(updates) for key in updates[0]})
     stats["minibatch_updates"] = len(updates)
     stats["time_update_s"] = time.perf_counter() - started
@@ -623,6 +640,8 @@ def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: Train
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr, eps=ADAM_EPS, weight_decay=0.0)
     kl_ctl = kl_controller(cfg)
+    # fp16's narrow range underflows small gradients; bf16 and fp32 need no loss scaling
+    scaler = torch.amp.GradScaler(ppo.device.type, enabled=ppo.precision == "fp16")
     baselines = None
     if cfg.reward_baseline == "greedy":
         baselines = greedy_baselines(ppo, prompts, reward_fn, cfg.max_new_tokens, cfg.batch_size)
@@ -630,7 +649,7 @@ def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: Train
     history = []
     progress = tqdm(range(cfg.steps), desc="ppo", unit="step")
     for _step in progress:
-        stats = ppo_step(ppo, optimizer, kl_ctl, next(batches), reward_fn, cfg, generator, baselines)
+        stats = ppo_step(ppo, optimizer, kl_ctl, next(batches), reward_fn, cfg, generator, baselines, scaler)
         history.append(stats)
         progress.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
         if on_step is not None:

@@ -148,7 +148,7 @@ class DialogueSummarizer(mlflow.pyfunc.PythonModel):
         config = context.model_config
         base_model = context.artifacts.get("base_model", config["base_model"])
         adapters = [context.artifacts[name] for name in config["adapters"]]
-        self.summarizer = load_summarizer(base_model, adapters, GenerationSettings(**config["generation"]))
+        self.summarizer = load_summarizer(base_model, adapters, GenerationSettings.from_dict(config["generation"]))
 
     # A DataFrame hint, not list[str]: MLflow would infer the signature from list[str] and drop the
     # explicit one's `show_progress` param; its schema enforcement hands over a DataFrame anyway.

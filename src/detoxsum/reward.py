@@ -17,6 +17,7 @@ import torch
 
 from detoxsum.config import ClassifierSpec, RewardSpec
 from detoxsum.errors import ModelLoadError, ParamsError
+from detoxsum.precision import default_device
 
 
 class ToxicityScorer(Protocol):
@@ -46,7 +47,8 @@ class HFClassifierScorer:
         self.batch_size = batch_size
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model).eval()
+            # on the GPU when there is one: a transformer classifier scores every PPO batch
+            self.model = AutoModelForSequenceClassification.from_pretrained(model).eval().to(default_device())
         except OSError as exc:
             raise ModelLoadError(f"classifier {name}: cannot load {model!r} ({str(exc).splitlines()[0]})") from exc
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}

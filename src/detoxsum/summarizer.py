@@ -21,6 +21,7 @@ from detoxsum.modeling import (
     generate_summaries,
     load_source_model,
 )
+from detoxsum.precision import resolve_for_model
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,26 @@ class GenerationSettings:
     max_new_tokens: int
     batch_size: int
     num_beams: int
-    bf16: bool
+    # As configured (`auto` too): resolved where the model loads, so a model registered on a GPU box
+    # runs in fp32 on a laptop without native bf16.
+    precision: str = "auto"
 
     @classmethod
     def from_configs(cls, base: BaseConfig, evaluate: EvaluateConfig) -> GenerationSettings:
         return cls(prompt=base.prompt, max_source_tokens=base.max_source_tokens,
                    max_new_tokens=evaluate.max_new_tokens, batch_size=evaluate.batch_size,
-                   num_beams=evaluate.num_beams, bf16=base.bf16)
+                   num_beams=evaluate.num_beams, precision=base.precision)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GenerationSettings:
+        """Settings as logged with a model; versions logged before `precision` carry `bf16` instead."""
+        values = dict(values)
+        if "bf16" in values:
+            values.setdefault("precision", "bf16" if values.pop("bf16") else "fp32")
+        return cls(**values)
 
 
 def adapter_chain(model: str, lora_dir: Path, ppo_dir: Path) -> list[Path]:
@@ -52,13 +63,14 @@ def adapter_chain(model: str, lora_dir: Path, ppo_dir: Path) -> list[Path]:
 class Summarizer:
     def __init__(self, model, tokenizer, family, settings: GenerationSettings):
         self.model, self.tokenizer, self.family, self.settings = model, tokenizer, family, settings
+        self.precision = resolve_for_model(settings.precision, model.config, model.device)
 
     def summarize(self, dialogues: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
         settings = self.settings
         prompts = [fit_dialogue(self.tokenizer, self.family, settings.prompt, dialogue, settings.max_source_tokens)
                    for dialogue in dialogues]
         return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
-                                  settings.max_new_tokens, settings.num_beams, bf16=settings.bf16,
+                                  settings.max_new_tokens, settings.num_beams, precision=self.precision,
                                   desc=desc, show_progress=show_progress)
 
 
@@ -66,6 +78,6 @@ def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings
     """Load the base model from a `fetch.model` reference or folder and apply `adapters` in order."""
     model, tokenizer = load_source_model(str(base_model))
     family = family_of(model.config)
-    model = apply_adapters(model, adapters)
+    model = apply_adapters(model, adapters, merge_all=True)
     model.to(device())
     return Summarizer(model, tokenizer, family, settings)

@@ -13,10 +13,12 @@ from dvclive import Live
 from transformers import set_seed
 
 from detoxsum.config import load_stage_config
+from detoxsum.distributed import is_main_process, relaunch_if_parallel
 from detoxsum.errors import DataError
 from detoxsum.lora import StepAlignedDVCLiveCallback, train_lora
 from detoxsum.modeling import device, load_model
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.precision import resolve_for_model
 
 MODEL_DIR = Path("artifacts/model")
 TOKENIZED_DIR = Path("data/tokenized")
@@ -28,22 +30,32 @@ LIVE_DIR = Path("dvclive/train_lora")
 def main() -> None:
     base = load_stage_config("base")
     cfg = load_stage_config("train_lora")
+    relaunch_if_parallel(base.num_processes, "detoxsum.stages.train_lora")
     set_seed(base.seed)
     if not TOKENIZED_DIR.is_dir():
         raise DataError(f"{TOKENIZED_DIR}: not found; run the tokenize stage")
     features = load_from_disk(str(TOKENIZED_DIR))
     model, tokenizer, family = load_model(MODEL_DIR)
     model.to(device())
-    live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
+    precision = resolve_for_model(base.precision, model.config, model.device)
+    main_process = is_main_process()  # one of several under `accelerate launch`: only rank 0 writes
+    callbacks = [StepAlignedDVCLiveCallback(live=open_live())] if main_process else []
     with tempfile.TemporaryDirectory(prefix="detoxsum-trainer-") as work_dir:
         peft_model, metrics = train_lora(
-            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, base.bf16,
-            Path(work_dir), callbacks=[StepAlignedDVCLiveCallback(live=live)],
+            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
+            Path(work_dir), callbacks=callbacks, processes=base.num_processes,
         )
+    if not main_process:
+        return
+    metrics.update(precision=precision, num_processes=base.num_processes)
     with atomic_dir(ADAPTER_DIR) as tmp:
         peft_model.save_pretrained(tmp)
     write_json_atomic(METRICS_FILE, metrics)
     print(f"train_lora: {metrics}")
+
+
+def open_live() -> Live:
+    return Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from dvclive import Live
-from transformers import set_seed
+from transformers import AutoConfig, set_seed
 
 from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import (
     build_ppo_model, hardest_dialogues, render_prompts, save_ppo_model, summarize_history, train_ppo,
 )
@@ -38,7 +39,8 @@ def main() -> None:
     reward_model = build_reward_model(cfg.reward)
     dialogues = hardest_dialogues(list(read_jsonl_split(TRAIN_FILE)["dialogue"]), reward_model.rewards,
                                   cfg.hardest_prompts)
-    ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, bf16=base.bf16).to(device())
+    precision = resolve_for_model(base.precision, AutoConfig.from_pretrained(MODEL_DIR), device())
+    ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, precision).to(device())
     prompts = render_prompts(dialogues, ppo, base)
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
@@ -49,7 +51,7 @@ def main() -> None:
 
     started = time.perf_counter()
     history = train_ppo(ppo, prompts, reward_model.rewards, cfg, base.seed, on_step=log_step)
-    summary = summarize_history(history, time.perf_counter() - started)
+    summary = {**summarize_history(history, time.perf_counter() - started), "precision": precision}
     live.end()
     with atomic_dir(PPO_DIR) as tmp:
         save_ppo_model(ppo, tmp)

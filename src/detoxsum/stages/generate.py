@@ -1,0 +1,52 @@
+"""generate: summarize the test split with one model variant (base, lora or ppo), adapters merged.
+
+Run: `python -m detoxsum.stages.generate <variant>` (dvc.yaml has one stage per variant, so a
+variant is regenerated only when its own model or the generation params change: a new PPO adapter
+leaves the base and LoRA summaries as they were). Reads `base`, `evaluate`, the fetched model, the
+variant's adapters and `data/filtered/test.jsonl`; writes `results/summaries/<variant>.json`: the
+summaries in test order, the precision `base.precision` resolved to here, and the time taken.
+With `base.num_processes` > 1 the dialogues are shared out among processes (`accelerate launch`).
+"""
+
+import sys
+from pathlib import Path
+
+from transformers import set_seed
+
+from detoxsum.config import load_stage_config
+from detoxsum.data import read_jsonl_split
+from detoxsum.distributed import gather, init_process_group, is_main_process, rank_and_world, relaunch_if_parallel, shard
+from detoxsum.errors import ParamsError
+from detoxsum.evaluation import TestSet, generate_variant
+from detoxsum.outputs import run_stage, write_json_atomic
+
+MODEL_DIR = Path("artifacts/model")
+LORA_DIR = Path("artifacts/lora")
+PPO_DIR = Path("artifacts/ppo")
+TEST_FILE = Path("data/filtered/test.jsonl")
+SUMMARIES_DIR = Path("results/summaries")
+VARIANT_ADAPTERS = {"base": [], "lora": [LORA_DIR], "ppo": [LORA_DIR, PPO_DIR]}
+
+
+def main() -> None:
+    variant = sys.argv[1] if len(sys.argv) > 1 else ""
+    if variant not in VARIANT_ADAPTERS:
+        raise ParamsError(f"generate: variant must be one of {', '.join(VARIANT_ADAPTERS)}, got {variant!r}")
+    base = load_stage_config("base")
+    cfg = load_stage_config("evaluate")
+    relaunch_if_parallel(base.num_processes, "detoxsum.stages.generate", [variant])
+    init_process_group()
+    set_seed(base.seed)
+    test_set = TestSet.from_split(read_jsonl_split(TEST_FILE), cfg.max_test_rows)
+    rank, world = rank_and_world()
+    mine = TestSet(*(shard(column, rank, world) for column in (test_set.dialogues, test_set.references, test_set.ids)))
+    generated = generate_variant(MODEL_DIR, VARIANT_ADAPTERS[variant], mine, base, cfg, variant)
+    generated["summaries"] = gather(generated["summaries"])
+    if is_main_process():
+        write_json_atomic(SUMMARIES_DIR / f"{variant}.json", generated)
+        print(f"generate: {variant}: {len(generated['summaries'])} summaries in {generated['runtime_s']} s "
+              f"({generated['precision']}, {world} process{'es' if world > 1 else ''})")
+
+
+if __name__ == "__main__":
+    run_stage(main)
