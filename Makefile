@@ -21,7 +21,7 @@ repro: setup
 	HF_HUB_OFFLINE=1 dvc repro
 
 test: setup
-	HF_HUB_OFFLINE=1 python -m pytest -q
+	HF_HUB_OFFLINE=1 python -m pytest -q -n auto --dist load
 
 clean-venv:
 	rm -rf $(VENV)

@@ -115,3 +115,11 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def tiny_model_dir(request, tiny_t5_dir, tiny_llama_dir) -> Path:
     """Runs the test once per model family."""
     return tiny_t5_dir if request.param == "t5" else tiny_llama_dir
+
+
+def pytest_collection_modifyitems(items):
+    """Start the end-to-end tests first (a minute or more each, against well under a second for
+    most others): `make test` runs `pytest -n auto --dist load`, which hands the first tests out
+    one per worker in turn, so each long test gets a worker of its own and the short ones fill
+    in around it."""
+    items.sort(key=lambda item: item.module.__name__ != "test_pipeline_e2e")  # stable: keeps the rest in order
