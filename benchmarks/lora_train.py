@@ -42,7 +42,6 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, TaskType, get_peft_model
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -52,7 +51,7 @@ from _shapes import describe_machine, print_machine, sample_rows, smollm2_shaped
 
 from detoxsum.config import BaseConfig, TrainLoraConfig, build_config  # noqa: E402
 from detoxsum.data import tokenize_split  # noqa: E402
-from detoxsum.lora import lora_targets, train_lora  # noqa: E402
+from detoxsum.lora import attach_lora, lora_targets, train_lora  # noqa: E402
 from detoxsum.modeling import IGNORE_INDEX, family_of, load_model  # noqa: E402
 from detoxsum.precision import PRECISIONS, autocast, default_device, resolve_for_model  # noqa: E402
 
@@ -125,6 +124,12 @@ class StepEndTimes(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
+def timed_step_seconds(step_ends: list[float], warmup_steps: int) -> list[float]:
+    """Each step after the warm-up, from the end of the step before to its own end."""
+    ends = step_ends[warmup_steps - 1 :]
+    return [end - previous for previous, end in zip(ends, ends[1:])]
+
+
 def run_ours(model, tokenizer, train_set, eval_set, cfg, precision, args) -> dict:
     shapes = PaddedBatchShapes(model)
     clock = StepEndTimes()
@@ -134,9 +139,8 @@ def run_ours(model, tokenizer, train_set, eval_set, cfg, precision, args) -> dic
         _peft_model, metrics = train_lora(model, tokenizer, family_of(model.config), train_set, eval_set, cfg,
                                           args.seed, precision, Path(work_dir), callbacks=[clock])
     wall = time.perf_counter() - started
-    ends = clock.times[args.warmup_steps - 1 :]
     return {
-        "step_seconds": [end - previous for previous, end in zip(ends, ends[1:])],
+        "step_seconds": timed_step_seconds(clock.times, args.warmup_steps),
         "padded_tokens_per_step": shapes.mean_tokens(args.warmup_steps, args.steps),
         "trainer_train_runtime_s": metrics["train_runtime_s"],
         "train_lora_wall_s": wall,
@@ -149,9 +153,9 @@ def run_hand_loop(model, tokenizer, train_set, cfg, precision, args) -> dict:
     shapes = PaddedBatchShapes(model)
     set_seed(args.seed)
     family = family_of(model.config)
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=lora_targets(model, cfg.target_modules), task_type=TaskType[family.peft_task_type])
-    peft_model = get_peft_model(model.to(device), lora)
+    # The adapter train_lora attaches (lora.attach_lora), so both sides train the same parameters.
+    peft_model = attach_lora(model.to(device), family, cfg.r, cfg.alpha, cfg.dropout,
+                             lora_targets(model, cfg.target_modules))
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -171,8 +175,7 @@ def run_hand_loop(model, tokenizer, train_set, cfg, precision, args) -> dict:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step_ends.append(time.perf_counter())
-    ends = step_ends[args.warmup_steps - 1 :]
-    return {"step_seconds": [end - previous for previous, end in zip(ends, ends[1:])],
+    return {"step_seconds": timed_step_seconds(step_ends, args.warmup_steps),
             "padded_tokens_per_step": shapes.mean_tokens(args.warmup_steps, args.steps)}
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -54,6 +53,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shapes sits beside this file, also when loaded by path
 
 TRL_PACKAGES = [
     "trl==0.11.4",
@@ -67,12 +68,11 @@ TRL_PACKAGES = [
     "docstring_parser==0.16",  # imported by tyro
 ]
 DEFAULT_TRL_DIR = Path.home() / ".cache" / "detoxsum-bench" / "trl-0.11.4"
-SHAPES = {
-    "SmolLM2-135M": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024),
-}
+# The sizes build_random_llama takes from a shape; the rest of its config is its own.
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "vocab_size")
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=1024)
 PAD, EOS = "<pad>", "<eos>"  # ids 0 and 1; prompts use ids from 2 up
 LORA = dict(r=16, alpha=32, targets=["q_proj", "v_proj"])
 MINIBATCH, EPOCHS, LR, KL_COEF, LAM = 4, 4, 1.41e-5, 0.2, 0.95  # trl 0.11.4's defaults where it has one
@@ -235,13 +235,6 @@ def trl_worker(spec_path: Path) -> None:
     Path(spec["result"]).write_text(json.dumps(summary))
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 # --- report ------------------------------------------------------------------------------------------
 
 
@@ -257,20 +250,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.trl_worker:
         return trl_worker(args.trl_worker)
-    from detoxsum.modeling import device
+    # Here, not at the top: the trl worker runs this file on trl's transformers, which _shapes must not meet.
+    from _shapes import SMOLLM2_135M, describe_machine, print_machine, write_json
 
     shape_name = "tiny" if args.small else "SmolLM2-135M"
-    machine = {"device": str(device()), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_name()}
-    print(f"device {machine['device']}, cpu capability {machine['cpu_capability']}, "
-          f"{machine['torch_threads']} torch threads, torch {machine['torch']}")
+    shape = TINY if args.small else {key: SMOLLM2_135M[key] for key in SHAPE_KEYS}
+    machine = describe_machine()
+    print_machine(machine)
     install_seconds = ensure_trl_installed(args.trl_dir)
     if install_seconds:
         print(f"installed trl 0.11.4 in {install_seconds:.0f} s")
-    prompts = random_prompts(SHAPES[shape_name]["vocab_size"], args.batch, args.prompt_tokens)
+    prompts = random_prompts(shape["vocab_size"], args.batch, args.prompt_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp, "model")
-        build_random_llama(model_dir, SHAPES[shape_name])
+        build_random_llama(model_dir, shape)
         settings = {"model": f"random Llama, {shape_name} shape", "batch": args.batch, "minibatch": MINIBATCH,
                     "ppo_epochs": EPOCHS, "prompt_tokens": args.prompt_tokens,
                     "response_tokens": args.response_tokens, "precision": "fp32", "lora_r": LORA["r"],
@@ -283,9 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [*ours, trl_row]
     print_table(rows, trl_row)
     report = {"machine": machine, "settings": settings, "trl_install_seconds": install_seconds, "runs": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    write_json(args.json, report)
     return report
 
 
