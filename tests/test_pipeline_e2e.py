@@ -14,6 +14,7 @@ from pipeline import copy_project, init_repo, run, run_stage_module, shrunk_para
 
 from detoxsum.distributed import available_devices
 from detoxsum.precision import Machine, resolve_precision
+from detoxsum.registry import embedded_uri
 
 ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
 STAGES = ("fetch", "filter", "tokenize", "train_lora", "train_ppo", "generate_base", "generate_lora",
@@ -139,7 +140,7 @@ def commit(project, message):
 
 
 def check_registry_versions(project, expected) -> MlflowClient:
-    uri = f"sqlite:///{project / 'mlflow.db'}"
+    uri = embedded_uri(project)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
     assert sorted(int(v.version) for v in versions) == expected
