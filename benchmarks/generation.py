@@ -26,7 +26,7 @@ import torch
 from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.evaluation import TestSet
-from detoxsum.modeling import decode_responses, device, fit_dialogue, load_with_adapters, pad_prompts, stop_token_ids
+from detoxsum.modeling import decode_responses, device, fit_dialogue, load_with_adapters, pad_prompts
 from detoxsum.precision import autocast, resolve_for_model
 from detoxsum.summarizer import GenerationSettings, Summarizer
 
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def plain_generate(model, tokenizer, family, prompts: list[str], batch_size: int, max_new_tokens: int,
                    precision: str) -> tuple[list[str], int]:
     """The anchor: input order, live adapter; every batch runs max_new_tokens (min = max)."""
-    stops, texts, tokens = stop_token_ids(tokenizer), [], 0
+    texts, tokens = [], 0
     for start in range(0, len(prompts), batch_size):
         batch = pad_prompts(tokenizer, family, prompts[start : start + batch_size], model.device)
         with torch.no_grad(), autocast(model.device, precision):
@@ -55,7 +55,7 @@ def plain_generate(model, tokenizer, family, prompts: list[str], batch_size: int
                                        do_sample=False, pad_token_id=tokenizer.pad_token_id)
         responses = family.response_ids(generated, batch["input_ids"].shape[1])
         tokens += responses.numel()
-        texts += decode_responses(tokenizer, responses, stops)
+        texts += decode_responses(tokenizer, responses)
     return texts, tokens
 
 

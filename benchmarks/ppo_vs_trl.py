@@ -152,7 +152,7 @@ def step_summary(name: str, step_seconds: list[float], batch: int, response_leng
 def run_ours(model_dir: Path, args: argparse.Namespace, prompts: list[list[int]], top_layers: int | None) -> dict:
     from detoxsum.config import TrainPPOConfig, build_config
     from detoxsum.modeling import device
-    from detoxsum.ppo import ADAM_EPS, build_ppo_model, kl_controller, ppo_step
+    from detoxsum.ppo import ADAM_EPS, build_ppo_model, ppo_step
 
     cfg = build_config(TrainPPOConfig, {
         "steps": args.steps + 1, "batch_size": args.batch, "minibatch_size": MINIBATCH, "ppo_epochs": EPOCHS,
@@ -168,11 +168,11 @@ def run_ours(model_dir: Path, args: argparse.Namespace, prompts: list[list[int]]
     texts = [" ".join(f"t{i}" for i in row) for row in prompts]  # word-level: one word, one id
     scores = torch.tensor(fixed_scores(args.batch))
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr, eps=ADAM_EPS, weight_decay=0.0)
-    kl_ctl, generator = kl_controller(cfg), torch.Generator().manual_seed(0)
+    beta, generator = cfg.kl_coef, torch.Generator().manual_seed(0)
     step_seconds, lengths = [], []
     for _ in range(cfg.steps):
         started = time.perf_counter()
-        stats = ppo_step(ppo, optimizer, kl_ctl, texts, lambda batch: scores[: len(batch)], cfg, generator)
+        stats, beta = ppo_step(ppo, optimizer, beta, texts, lambda batch: scores[: len(batch)], cfg, generator)
         step_seconds.append(time.perf_counter() - started)
         lengths.append(stats["response_length"])
     name = f"ours, LoRA in top {top_layers} layers" if top_layers else "ours, LoRA in all layers"

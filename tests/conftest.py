@@ -45,14 +45,15 @@ def fixture_dialogue(rng: random.Random, turns: int = 6) -> str:
     return "\n".join(lines)
 
 
-def fixture_rows(count: int, seed: int = 0, prefix: str = "row") -> list[dict[str, str]]:
-    """Dialogue rows of 200+ characters made from a fixed word list (no external data)."""
+def fixture_rows(count: int, seed: int = 0, prefix: str = "row") -> list[dict]:
+    """Dialogue rows of 200+ characters made from a fixed word list (no external data); every third
+    is marked `heated`, as data/sample marks its arguments."""
     rng = random.Random(seed)
     rows = []
     for index in range(count):
         dialogue = fixture_dialogue(rng, turns=rng.randint(6, 9))
         summary = f"#Person1# asks #Person2# about the {rng.choice(WORDS)} and the {rng.choice(WORDS)}."
-        rows.append({"id": f"{prefix}-{index}", "dialogue": dialogue, "summary": summary})
+        rows.append({"id": f"{prefix}-{index}", "dialogue": dialogue, "summary": summary, "heated": index % 3 == 0})
     return rows
 
 

@@ -104,3 +104,10 @@ def test_ppo_top_layers_must_be_positive():
     with pytest.raises(ParamsError, match=r"train_ppo\.top_layers"):
         build_config(TrainPPOConfig, {"top_layers": 0}, "train_ppo")
     assert build_config(TrainPPOConfig, {"top_layers": 10}, "train_ppo").top_layers == 10
+
+
+def test_classifier_kind_is_one_of_the_known_kinds():
+    with pytest.raises(ParamsError, match=r"classifier c\.kind.*'profanity-check', 'hf' or 'hatesonar'.*'nonsense'"):
+        build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "c", "kind": "nonsense"}]}, "evaluate")
+    cfg = build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "c", "kind": "hatesonar"}]}, "evaluate")
+    assert cfg.toxicity_classifiers[0].kind == "hatesonar"

@@ -124,3 +124,18 @@ def test_tokenize_masks_prompt_and_ends_with_end_of_turn(tiny_model_dir):
     else:
         assert len(row["input_ids"]) <= 48
     assert tokenizer.decode(labels, skip_special_tokens=True).strip().startswith("#Person1# asks")
+
+
+def test_heated_column_becomes_booleans_and_bad_values_name_file_column_and_row(tmp_path):
+    rows = [dict(row, heated=flag) for row, flag in zip(fixture_rows(6), ["yes", "false", "1", "0", "True", "no"])]
+    data = write_rows(tmp_path / "all.jsonl", rows)
+    splits = load_raw_splits(FetchConfig(dataset=str(data), heated_column="heated", test_fraction=0.34,
+                                         validation_fraction=0.17), seed=0)
+    flags = {row["id"]: row["heated"] for split in splits.values() for row in split}
+    assert flags == {f"row-{i}": i in (0, 2, 4) for i in range(6)}
+    rows[3]["heated"] = "maybe"
+    write_rows(data, rows)
+    with pytest.raises(DataError, match=r"all\.jsonl: column 'heated', row 3: 'maybe'"):
+        load_raw_splits(FetchConfig(dataset=str(data), heated_column="heated"), seed=0)
+    with pytest.raises(DataError, match="fetch.heated_column"):
+        load_raw_splits(FetchConfig(dataset=str(data), heated_column="angry"), seed=0)

@@ -1,4 +1,5 @@
-"""dvc.yaml stays exact: every stage depends on precisely the package modules its command imports."""
+"""dvc.yaml stays exact: every stage depends on precisely the package modules its command imports
+(a subpackage such as `detoxsum/ppo/` as one folder)."""
 
 import ast
 from pathlib import Path
@@ -19,10 +20,18 @@ def local_imports(module_path: Path) -> set[Path]:
         elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names if alias.name.startswith("detoxsum")]
         for name in names:
-            candidate = REPO / "src" / (name.replace(".", "/") + ".py")
-            if candidate.is_file():
-                found.add(candidate)
+            base = REPO / "src" / name.replace(".", "/")
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.is_file():
+                    found.add(candidate)
     return found
+
+
+def as_dep(module_path: Path) -> str:
+    """A module's dvc.yaml dep: its file, or its subpackage's folder."""
+    relative = module_path.relative_to(PACKAGE)
+    return str((PACKAGE / relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] != "stages"
+                else module_path).relative_to(REPO))
 
 
 def transitive_imports(entry: Path) -> set[Path]:
@@ -40,7 +49,7 @@ def test_each_stage_depends_on_exactly_the_code_it_runs():
     for name, stage in stages.items():
         module = stage["cmd"].split("-m ", 1)[1].split()[0]
         entry = REPO / "src" / (module.replace(".", "/") + ".py")
-        expected = {str(p.relative_to(REPO)) for p in transitive_imports(entry)}
+        expected = {as_dep(p) for p in transitive_imports(entry)}
         declared = {dep for dep in stage["deps"] if dep.startswith("src/")}
         assert declared == expected, f"stage {name}: missing {sorted(expected - declared)}, extra {sorted(declared - expected)}"
 

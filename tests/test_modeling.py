@@ -2,7 +2,7 @@ import torch
 from conftest import fixture_rows
 
 from detoxsum.modeling import (
-    cut_at_stop, end_of_turn_id, family_of, fit_dialogue, generate_summaries, load_model, stop_token_ids,
+    decode_responses, end_of_turn_id, end_token_ids, family_of, fit_dialogue, generate_summaries, load_model, stop_token_ids,
 )
 
 TEMPLATE = "Summarize: {dialogue}\nSummary:"
@@ -30,9 +30,20 @@ def test_fit_dialogue_respects_budget_and_keeps_instruction(tiny_model_dir):
     assert "#Person1#: Hi." in short
 
 
-def test_cut_at_stop():
-    assert cut_at_stop([5, 6, 2, 7, 8], [2]) == [5, 6]
-    assert cut_at_stop([5, 6], [2]) == [5, 6]
+def test_a_response_ends_at_its_first_end_token_for_evaluation_and_ppo_alike(tiny_t5_dir):
+    """End of turn, eos or padding ends a response; the mask PPO trains on covers exactly the
+    tokens of the text that evaluation (and the reward model) reads."""
+    from detoxsum.modeling import load_tokenizer, response_mask
+
+    tokenizer = load_tokenizer(tiny_t5_dir)
+    stop, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert stop != pad and set(end_token_ids(tokenizer)) == {stop, pad}
+    a, b = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("aa bb", "cc dd"))
+    rows = torch.tensor([[a[0], pad, a[-1], stop, pad], [*b[:2], stop, pad, pad][:5]])
+    mask = response_mask(rows, end_token_ids(tokenizer))
+    assert mask.sum(1).tolist() == [2, 3]  # up to and including the first end token
+    expected = [tokenizer.decode(a[:1]).strip(), tokenizer.decode(b[:2]).strip()]
+    assert decode_responses(tokenizer, rows) == decode_responses(tokenizer, rows, mask) == expected
 
 
 class ScriptedModel(torch.nn.Module):

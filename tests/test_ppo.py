@@ -20,42 +20,45 @@ from conftest import fixture_rows
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.lora import attach_lora, lora_targets
 from detoxsum.modeling import (
+    decode_responses,
+    end_token_ids,
     generate_summaries,
     load_model,
     load_tokenizer,
     load_with_adapters,
     pad_prompts,
+    response_mask,
     stop_token_ids,
 )
-from detoxsum.ppo import (
-    AdaptiveKLController,
-    FixedKLController,
-    build_ppo_model,
-    collect_rollout,
-    ends_at_stop,
+from detoxsum.ppo.functional import (
+    adaptive_beta,
     entropy_from_logits,
-    forward_policy,
     gae_advantages,
-    greedy_baselines,
-    leave_one_out_baselines,
     kl_penalized_rewards,
-    load_value_head,
+    leave_one_out_baselines,
     logprobs_from_logits,
     masked_mean,
+    masked_scale,
     masked_var,
     masked_whiten,
     policy_loss,
-    prefix_potentials,
     prefix_shaped_scores,
-    prompt_batches,
-    render_prompts,
-    response_mask_until_stop,
-    sample_responses,
-    save_ppo_model,
     scores_at_last_token,
-    train_ppo,
     value_loss,
 )
+from detoxsum.ppo.model import build_ppo_model, forward_policy, load_value_head, save_ppo_model
+from detoxsum.ppo.rollout import (
+    chunked_logprobs,
+    ends_at_stop,
+    greedy_baselines,
+    hardest_dialogues,
+    prefix_potentials,
+    prompt_batches,
+    render_prompts,
+    sample_responses,
+)
+from detoxsum.ppo.trainer import collect_rollout, minibatch_update, next_beta, ppo_epochs, train_ppo
+
 
 SHORT_BASE = BaseConfig(max_source_tokens=48)
 # Responses of length 5, 3, 1 and 4 in a batch padded to 5 tokens.
@@ -121,8 +124,18 @@ def test_masked_mean_var_and_whiten_match_a_plain_loop():
             expected = (values[row, t].item() - mean) / math.sqrt(variance + 1e-8)
             assert whitened[row, t].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert masked_mean(whitened, mask).item() == pytest.approx(0.0, abs=1e-5)
-    unshifted = masked_whiten(values, mask, shift_mean=False)
-    assert masked_mean(unshifted, mask).item() == pytest.approx(mean, rel=1e-4)
+    scaled = masked_scale(values, mask)
+    torch.testing.assert_close(scaled, values * mask / math.sqrt(variance + 1e-8))
+
+
+def test_reward_whitening_scales_every_return_alike_so_length_earns_nothing():
+    """The same reward on every token, for responses of 5, 3, 1 and 4 tokens: whitening must keep the
+    returns in proportion (trl's shift_mean=False formula adds n * mu * (1 - 1/sigma) to each)."""
+    mask = length_mask(LENGTHS, 5)
+    rewards = torch.full((4, 5), 0.3) * mask + torch.tensor([[0.0, 0, 0, 0, 0.5]] * 4) * mask
+    scaled = masked_scale(rewards, mask)
+    ratios = scaled.sum(1) / rewards.sum(1)
+    torch.testing.assert_close(ratios, torch.full((4,), ratios[0].item()))
 
 
 def test_gae_matches_a_plain_loop_for_responses_of_different_lengths():
@@ -147,7 +160,7 @@ def test_gae_matches_a_plain_loop_for_responses_of_different_lengths():
 def test_response_mask_keeps_tokens_up_to_and_including_the_first_stop():
     stop, pad = 2, 0
     response_ids = torch.tensor([[5, 6, stop, pad, pad], [5, stop, 7, stop, 8], [5, 6, 7, 8, 9], [stop, 2, 2, 2, 2]])
-    assert response_mask_until_stop(response_ids, [stop, 99]).tolist() == length_mask([3, 2, 5, 1], 5).tolist()
+    assert response_mask(response_ids, [stop, 99]).tolist() == length_mask([3, 2, 5, 1], 5).tolist()
 
 
 def test_kl_penalty_on_every_token_and_score_on_the_last():
@@ -161,17 +174,31 @@ def test_kl_penalty_on_every_token_and_score_on_the_last():
 
 def test_prefix_shaping_credits_the_token_that_changed_the_score_and_keeps_each_sum():
     mask = length_mask([4, 2, 1], 4)
-    # reward of the first t tokens' text, t = 0..3; the first response turns rude at its third token
-    potentials = torch.tensor([[0.0, 0.0, -0.9, -0.8], [0.1, 0.3, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0]])
-    scores = torch.tensor([-0.5, 1.0, -2.0])
+    # reward of the first t tokens' text, t = 0..3; the first response turns rude at its third token;
+    # phi_0 = R("") = 0.2 for every response, as for a real classifier
+    potentials = torch.tensor([[0.2, 0.2, -0.9, -0.8], [0.2, 0.3, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0]])
+    scores = torch.tensor([-0.8, 0.3, -2.0])  # the first two end with a stop token that adds no text
     shaped = prefix_shaped_scores(potentials, scores, mask)
     torch.testing.assert_close(shaped, torch.tensor([
-        [0.0, -0.9, 0.1, -0.5 - (-0.8 - 0.0)],  # last token: the score minus what the others got
-        [0.2, 1.0 - 0.2, 0.0, 0.0],
-        [-2.0, 0.0, 0.0, 0.0],
+        [0.0, -1.1, 0.1, 0.0],  # the stop token earns nothing (not R("") = phi_0)
+        [0.1, 0.0, 0.0, 0.0],
+        [-2.0 - 0.2, 0.0, 0.0, 0.0],
     ]))
-    torch.testing.assert_close(shaped.sum(1), scores)
+    torch.testing.assert_close(shaped.sum(1), scores - 0.2)  # the score less a constant: same optimum
     assert (shaped * (1 - mask)).abs().sum() == 0
+
+
+def test_prefix_shaping_is_potential_based_at_any_gamma():
+    """Discounted return of the shaped rewards = gamma^(n-1) * score - phi_0, for every response."""
+    gamma = 0.9
+    mask = length_mask(LENGTHS, 5)
+    potentials = torch.randn(4, 5, generator=torch.Generator().manual_seed(2)) * mask
+    potentials[:, 0] = 0.25
+    scores = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    shaped = prefix_shaped_scores(potentials, scores, mask, gamma)
+    discounts = gamma ** torch.arange(5.0)
+    lengths = torch.tensor(LENGTHS, dtype=torch.float32)
+    torch.testing.assert_close((shaped * discounts).sum(1), gamma ** (lengths - 1) * scores - 0.25)
 
 
 def test_prefix_potentials_score_every_prefix_of_each_response(tiny_model_dir):
@@ -223,19 +250,14 @@ def test_logprobs_and_entropy_from_logits():
     assert entropy[0].tolist() == pytest.approx([math.log(4), -(probs * probs.log()).sum().item()], rel=1e-5)
 
 
-def test_adaptive_kl_controller_moves_beta_towards_the_target_kl():
-    controller = AdaptiveKLController(init_beta=0.1, target=6.0, horizon=1000)
-    controller.update(current_kl=12.0, n_samples=10)  # error 1.0, clipped to 0.2
-    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 1000))
-    beta = controller.value
-    controller.update(current_kl=6.6, n_samples=10)  # error 0.1
-    assert controller.value == pytest.approx(beta * (1 + 0.1 * 10 / 1000))
-    beta = controller.value
-    controller.update(current_kl=0.0, n_samples=10)  # error -1.0, clipped to -0.2
-    assert controller.value == pytest.approx(beta * (1 - 0.2 * 10 / 1000))
-    fixed = FixedKLController(0.1)
-    fixed.update(current_kl=100.0, n_samples=10)
-    assert fixed.value == 0.1
+def test_adaptive_beta_moves_towards_the_target_kl_and_fixed_beta_stays():
+    beta = adaptive_beta(0.1, current_kl=12.0, target_kl=6.0, horizon=1000, n_samples=10)  # error 1.0 -> 0.2
+    assert beta == pytest.approx(0.1 * (1 + 0.2 * 10 / 1000))
+    assert adaptive_beta(beta, 6.6, 6.0, 1000, 10) == pytest.approx(beta * (1 + 0.1 * 10 / 1000))
+    assert adaptive_beta(beta, 0.0, 6.0, 1000, 10) == pytest.approx(beta * (1 - 0.2 * 10 / 1000))
+    adaptive = TrainPPOConfig(batch_size=10, minibatch_size=5, adaptive_kl=True, target_kl=6.0, kl_horizon=1000)
+    assert next_beta(0.1, 12.0, adaptive) == pytest.approx(0.1 * (1 + 0.2 * 10 / 1000))
+    assert next_beta(0.1, 100.0, TrainPPOConfig(adaptive_kl=False)) == 0.1
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -284,7 +306,7 @@ def test_forward_response_scores_the_tokens_generate_produced(tiny_model_dir):
         out = model.generate(**batch, do_sample=False, max_new_tokens=6, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, output_logits=True)
         response_ids = family.response_ids(out.sequences, batch["input_ids"].shape[1])
-        mask = response_mask_until_stop(response_ids, stops)
+        mask = response_mask(response_ids, stops)
         logits, hidden, frozen = family.forward_response(model, batch["input_ids"], batch["attention_mask"],
                                                          response_ids, mask)
     expected = torch.stack(out.logits, dim=1)
@@ -294,19 +316,62 @@ def test_forward_response_scores_the_tokens_generate_produced(tiny_model_dir):
     torch.testing.assert_close(logits.log_softmax(-1)[keep], expected.log_softmax(-1)[keep], atol=1e-4, rtol=1e-4)
 
 
-def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path):
-    """Fresh LoRA B matrices are zero: KL is exactly 0, and the update's first ratio exactly 1."""
-    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6)
+def test_reference_is_the_sft_model_and_equals_the_fresh_policy(tiny_model_dir, tmp_path):
+    """The reference pass is the merged SFT model (the PPO adapter disabled), whatever the adapter
+    holds; a fresh adapter (B = 0) is that model exactly; and a step's first minibatch starts at
+    ratio 1 (approx KL 0 before the step) even when the policy has moved away from the reference."""
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6, reward_baseline="none")
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
-    ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg, precision="bf16")
+    ppo = build_ppo_model(tiny_model_dir, [sft_dir], cfg)
     prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
     torch.manual_seed(0)
-    rollout, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
-    assert torch.equal(rollout.logprobs, rollout.ref_logprobs)
-    assert stats["kl"] == 0.0
-    new_logprobs = logprobs_from_logits(forward_policy(ppo, rollout)[0], rollout.response_ids)
-    assert torch.equal(torch.exp(new_logprobs - rollout.logprobs), torch.ones_like(new_logprobs))
-    assert torch.equal(rollout.values, torch.zeros_like(rollout.values))  # zero-initialised value head
+    fresh, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
+    assert torch.equal(fresh.logprobs, fresh.ref_logprobs) and stats["kl"] == 0.0
+    assert torch.equal(fresh.values, torch.zeros_like(fresh.values))  # zero-initialised value head
+
+    randomize_lora_b(ppo.policy, seed=7)  # a trained-looking PPO adapter
+    with torch.no_grad():
+        policy_logprobs, *_ = chunked_logprobs(ppo, fresh, chunk_size=2)
+        with ppo.policy.disable_adapter():
+            reference_logprobs, *_ = chunked_logprobs(ppo, fresh, chunk_size=2)
+        sft, _, family = load_with_adapters(tiny_model_dir, [sft_dir], no_dropout=True, merge_all=True)
+        sft_logits = family.forward_response(sft, fresh.prompt_ids, fresh.prompt_mask, fresh.response_ids,
+                                             fresh.response_mask)[0]
+    sft_logprobs = logprobs_from_logits(sft_logits, fresh.response_ids)
+    keep = fresh.response_mask.bool()
+    torch.testing.assert_close(reference_logprobs[keep], sft_logprobs[keep], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(policy_logprobs[keep], sft_logprobs[keep], atol=1e-3)
+
+    torch.manual_seed(0)
+    moved, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
+    assert stats["kl"] != 0.0
+    optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=1e-2)
+    update = minibatch_update(ppo, optimizer, moved.select(torch.arange(2)), cfg)
+    assert update["approx_kl_before"] == 0.0 and update["approx_kl"] > 0.0
+
+
+def test_early_stop_reads_the_approx_kl_measured_after_each_step(tiny_model_dir):
+    """Before a step's first update the policy is the one that sampled the batch, so a KL measured
+    before the optimizer step is 0 there and could never stop the first epoch."""
+    cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=3, max_new_tokens=6, lr=5e-2,
+                         reward_baseline="none", early_stop_approx_kl=1e-6)
+    ppo = build_ppo_model(tiny_model_dir, [], cfg)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
+    rollout, _ = collect_rollout(ppo, prompts, text_length, cfg, beta=0.05)
+    optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr)
+    updates = ppo_epochs(ppo, optimizer, rollout, cfg, torch.Generator().manual_seed(0))
+    assert len(updates) == 1 and updates[0]["approx_kl_before"] == 0.0 and updates[0]["approx_kl"] > 1e-6
+    no_stop = TrainPPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=3, reward_baseline="none",
+                             early_stop_approx_kl=None)
+    assert len(ppo_epochs(ppo, optimizer, rollout, no_stop, torch.Generator().manual_seed(0))) == 6
+
+
+def test_reward_clip_clips_the_raw_scores_before_the_leave_one_out_baseline(tiny_model_dir):
+    scores = torch.tensor([10.0, 1.0, -3.0, 2.0])
+    _, _, (relative, _) = paired_rollouts(tiny_model_dir, lambda texts: scores[: len(texts)], 6,
+                                          reward_baseline="leave_one_out", samples_per_prompt=2, reward_clip=4.0)
+    # clipped: 4, 1, -3, 2; each against its sibling (clipping the differences would give 4, -4, -4, 4)
+    torch.testing.assert_close(relative.scores, torch.tensor([3.0, -3.0, -5.0, 5.0]))
 
 
 @pytest.mark.parametrize(("reward_baseline", "top_layers"),
@@ -445,7 +510,7 @@ def test_collect_rollout_with_leave_one_out_baseline_scores_samples_against_thei
 def test_ends_at_stop_tells_finished_responses_from_cut_ones():
     stop, pad = 2, 0
     response_ids = torch.tensor([[5, 6, stop, pad], [5, 6, 7, 8], [stop, pad, pad, pad], [5, 6, 7, stop]])
-    mask = response_mask_until_stop(response_ids, [stop])
+    mask = response_mask(response_ids, [stop])
     assert ends_at_stop(response_ids, mask, [stop]).tolist() == [True, False, True, True]
     assert ends_at_stop(response_ids, mask, [stop, 8]).tolist() == [True, True, True, True]
 
@@ -573,8 +638,6 @@ def test_float32_output_layer_computes_logits_in_float32_under_autocast(tiny_lla
 def test_rollout_passes_in_minibatch_chunks_match_one_pass(tiny_model_dir):
     """Chunking the scoring passes by minibatch_size (so [B, T, vocab] logits never exist whole)
     changes no log-prob, value or entropy."""
-    from detoxsum.ppo import chunked_logprobs
-
     cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, max_new_tokens=6, top_layers=1)
     ppo = build_ppo_model(tiny_model_dir, [], cfg)
     randomize_lora_b(ppo.policy, seed=5)
@@ -588,8 +651,6 @@ def test_rollout_passes_in_minibatch_chunks_match_one_pass(tiny_model_dir):
 
 
 def test_hardest_dialogues_keeps_the_lowest_rewarded_in_order():
-    from detoxsum.ppo import hardest_dialogues
-
     dialogues = ["calm", "rude rude", "fine", "rude"]
     reward_fn = lambda texts: -torch.tensor([float(t.count("rude")) for t in texts])  # noqa: E731
     assert hardest_dialogues(dialogues, reward_fn, 2) == ["rude rude", "rude"]

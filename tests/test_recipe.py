@@ -23,6 +23,24 @@ def test_flan_t5_recipe_validates_and_sets_the_real_recipe(tmp_path):
     hate = configs["evaluate"].toxicity_classifiers[1]
     assert (hate.model, hate.label) == ("facebook/roberta-hate-speech-dynabench-r4-target", "hate")
     assert configs["train_ppo"].reward.label == "nothate"
+    assert configs["fetch"].heated_column is None and configs["train_ppo"].reward.output == "log_odds"
+
+
+def test_flan_t5_recipe_pins_every_ppo_key_rather_than_inheriting_the_offline_default():
+    import dataclasses
+
+    from detoxsum.config import RewardSpec, TrainPPOConfig
+
+    recipe = yaml.safe_load((REPO / "recipes" / "flan-t5-dialogsum.yaml").read_text())["train_ppo"]
+    assert set(recipe) == {field.name for field in dataclasses.fields(TrainPPOConfig)}
+    assert set(recipe["reward"]) == {field.name for field in dataclasses.fields(RewardSpec)}
+
+
+def test_recipe_merge_keeps_untouched_keys_and_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    apply_recipe(REPO / "recipes" / "flan-t5-dialogsum.yaml", params)
+    configs = load_all_configs(params)
     # untouched keys and comments survive the merge
     assert configs["base"].seed == 42
     assert "# Embedded default" in params.read_text()

@@ -1,3 +1,5 @@
+import pytest
+
 from detoxsum.config import ClassifierSpec
 from detoxsum.reward import build_scorer
 
@@ -100,3 +102,63 @@ def test_worst_sentence_profanity_reward_is_not_raised_by_padding_with_neutral_s
     worst = build_reward_model(RewardSpec(score_by="worst_sentence")).rewards([toxic, padded]).tolist()
     assert whole[1] > whole[0] + 0.05  # the dilution the option exists to stop
     assert worst[1] == worst[0]
+
+
+def test_hatesonar_scores_an_insult_above_a_polite_sentence():
+    scorer = build_scorer(ClassifierSpec(name="sonar", kind="hatesonar"))
+    insult, polite = scorer.score(["You are a stupid idiot and a pathetic loser.",
+                                   "Thank you for bringing the documents, see you on Monday."])
+    # a small gap (0.41 vs 0.38): of these words the model weighs only "stupid", not idiot or loser
+    assert 0.0 <= polite < insult <= 1.0
+    neutral, offensive = scorer.score(["#Person1# books a table for two on Friday.", "Shut up, you stupid bitch."])
+    assert 0.0 <= neutral < 0.4 and 0.9 < offensive <= 1.0
+    assert scorer.score([]) == []
+    assert scorer.name == "sonar"
+
+
+def test_hatesonar_scores_a_batch_as_it_scores_each_text_alone():
+    import pytest
+
+    scorer = build_scorer(ClassifierSpec(name="sonar", kind="hatesonar"))
+    texts = ["#Person1# calls #Person2# a stupid jerk.", "", "They meet at nine.", "Ünïcode café, you ass!"]
+    batch = scorer.score(texts)
+    assert batch == pytest.approx([scorer.score([text])[0] for text in texts], abs=1e-6)
+
+
+def test_hatesonar_worst_word_is_the_score_of_the_worst_word():
+    from detoxsum.reward import WorstWordScorer
+
+    whole = build_scorer(ClassifierSpec(name="sonar", kind="hatesonar"))
+    worst = build_scorer(ClassifierSpec(name="sonar", kind="hatesonar", score_by="worst_word"))
+    assert isinstance(worst, WorstWordScorer) and worst.name == "sonar"
+    padded = "#Person1# is stupid and has no plans to work with #Person2# on the budget section."
+    assert worst.score([padded]) == whole.score(["stupid"])
+
+
+def test_hatesonar_that_cannot_load_names_the_classifier(monkeypatch):
+    import sys
+
+    import pytest
+
+    from detoxsum.errors import ModelLoadError
+
+    monkeypatch.setitem(sys.modules, "hatesonar", None)  # None in sys.modules makes the import fail
+    monkeypatch.setitem(sys.modules, "hatesonar.api", None)
+    with pytest.raises(ModelLoadError, match=r"^classifier sonar: hatesonar cannot load offline \(.*hatesonar"):
+        build_scorer(ClassifierSpec(name="sonar", kind="hatesonar"))
+
+
+def test_label_reward_log_odds_is_the_label_against_the_rest():
+    import math
+
+    import torch
+
+    from detoxsum.reward import label_reward
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [1.0, 2.0]])  # columns: nothate, hate
+    torch.testing.assert_close(label_reward(logits, 0, "log_odds"), torch.tensor([3.0, 0.0, -1.0]))
+    torch.testing.assert_close(label_reward(logits + 7.0, 0, "log_odds"), torch.tensor([3.0, 0.0, -1.0]))  # shift-free
+    three = torch.tensor([[1.0, 0.0, 0.0]])
+    assert label_reward(three, 0, "log_odds").item() == pytest.approx(1.0 - math.log(2.0))
+    torch.testing.assert_close(label_reward(logits, 0, "logit"), logits[:, 0])
+    torch.testing.assert_close(label_reward(logits, 0, "prob"), logits.softmax(-1)[:, 0])

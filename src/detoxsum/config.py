@@ -63,6 +63,9 @@ class FetchConfig:
     max_train_rows: int | None = None
     max_validation_rows: int | None = None
     max_test_rows: int | None = None
+    # A true/false column that marks heated arguments; evaluate reports toxicity on them apart.
+    # null: the source has none (DialogSum, SAMSum), and only the whole test split is reported.
+    heated_column: str | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -117,10 +120,10 @@ class TrainLoraConfig:
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """A toxicity scorer: `profanity-check` (offline) or a Hugging Face text classifier."""
+    """A toxicity scorer: `profanity-check` or `hatesonar` (both offline) or a Hugging Face text classifier."""
 
     name: str
-    kind: str = "profanity-check"  # or "hf"
+    kind: str = "profanity-check"  # or "hf" or "hatesonar"
     model: str | None = None  # Hub id or local path, for kind "hf"
     label: str | None = None  # label whose probability is the toxicity, for kind "hf"
     # "text": score each summary as a whole; "worst_word": its most toxic word, each word scored
@@ -128,8 +131,8 @@ class ClassifierSpec:
     score_by: str = "text"
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("profanity-check", "hf"), f"classifier {self.name}.kind",
-                 f"must be 'profanity-check' or 'hf', got {self.kind!r}")
+        _require(self.kind in ("profanity-check", "hf", "hatesonar"), f"classifier {self.name}.kind",
+                 f"must be 'profanity-check', 'hf' or 'hatesonar', got {self.kind!r}")
         _require(self.score_by in ("text", "worst_word"), f"classifier {self.name}.score_by",
                  f"must be 'text' or 'worst_word', got {self.score_by!r}")
         if self.kind == "hf":
@@ -143,11 +146,21 @@ class EvaluateConfig:
     max_new_tokens: int = 64
     num_beams: int = 1
     max_test_rows: int | None = None
+    # Summaries sampled per test dialogue (temperature 1, nucleus top_p, seeded) besides the greedy
+    # one, for the expected maximum toxicity and the toxicity probability (RealToxicityPrompts'
+    # protocol, Gehman et al. 2020, samples 25 with top_p 0.9).
+    toxicity_samples: int = 4
+    top_p: float = 0.9
+    # Bootstrap resamples of the test dialogues behind every 95 % interval.
+    bootstrap_resamples: int = 1000
     toxicity_classifiers: list[ClassifierSpec] = field(
         default_factory=lambda: [ClassifierSpec(name="profanity_check")]
     )
 
     def __post_init__(self) -> None:
+        _require(self.toxicity_samples >= 1, "evaluate.toxicity_samples", f"must be >= 1, got {self.toxicity_samples}")
+        _require(0 < self.top_p <= 1, "evaluate.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.bootstrap_resamples >= 100, "evaluate.bootstrap_resamples", "must be >= 100")
         _require(self.batch_size > 0, "evaluate.batch_size", "must be > 0")
         _require(self.max_new_tokens > 0, "evaluate.max_new_tokens", "must be > 0")
         _require(self.num_beams > 0, "evaluate.num_beams", "must be > 0")
@@ -158,13 +171,15 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """The PPO reward model. profanity-check: reward = -P(toxic). hf: the logit (or probability) of
-    `label`, e.g. `nothate` for facebook/roberta-hate-speech-dynabench-r4-target."""
+    """The PPO reward model. profanity-check: reward = -P(toxic). hf: for the non-toxic `label` (e.g.
+    `nothate` for facebook/roberta-hate-speech-dynabench-r4-target), its log-odds against the other
+    labels (`output: log_odds`, = logit(nothate) - logit(hate) for two labels), its logit, or its
+    probability."""
 
     kind: str = "profanity-check"  # or "hf"
     model: str | None = None
     label: str | None = None
-    output: str = "logit"  # hf only: "logit" or "prob" of `label`
+    output: str = "log_odds"  # hf only: "log_odds", "logit" or "prob" of `label`
     # "summary": score the summary text as a whole; "worst_sentence": a summary's reward is that of
     # its least rewarded sentence, so padding a toxic sentence with neutral ones does not pay.
     score_by: str = "summary"
@@ -174,7 +189,8 @@ class RewardSpec:
                  f"must be 'profanity-check' or 'hf', got {self.kind!r}")
         _require(self.score_by in ("summary", "worst_sentence"), "train_ppo.reward.score_by",
                  f"must be 'summary' or 'worst_sentence', got {self.score_by!r}")
-        _require(self.output in ("logit", "prob"), "train_ppo.reward.output", "must be 'logit' or 'prob'")
+        _require(self.output in ("log_odds", "logit", "prob"), "train_ppo.reward.output",
+                 f"must be 'log_odds', 'logit' or 'prob', got {self.output!r}")
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), "train_ppo.reward", "kind 'hf' needs 'model' and 'label'")
 

@@ -1,7 +1,8 @@
 """Load, filter and tokenize dialogue/summary data: pure functions over `datasets` objects.
 
 Every split is normalised to the columns `id`, `dialogue`, `summary` (strings, `\\n` line breaks),
-whatever the source called them, so later stages never see source-specific names.
+whatever the source called them, so later stages never see source-specific names; plus a boolean
+`heated` when `fetch.heated_column` names one.
 """
 
 from __future__ import annotations
@@ -123,7 +124,35 @@ def normalise_columns(frame: pd.DataFrame, cfg: FetchConfig, origin: str) -> Dat
         out["id"] = [f"row-{i}" for i in range(len(out))]
     for column in COLUMNS:
         out[column] = out[column].fillna("").astype(str).str.replace("\r\n", "\n", regex=False)
-    return Dataset.from_pandas(out[list(COLUMNS)], preserve_index=False)
+    columns = list(COLUMNS)
+    if cfg.heated_column is not None:
+        out["heated"] = heated_flags(frame, cfg.heated_column, origin)
+        columns.append("heated")
+    return Dataset.from_pandas(out[columns], preserve_index=False)
+
+
+TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes"}, {"false", "0", "no", ""}
+
+
+def heated_flags(frame: pd.DataFrame, column: str, origin: str) -> list[bool]:
+    """The `fetch.heated_column` column as booleans (true/false, 1/0, yes/no, any case)."""
+    if column not in frame.columns:
+        raise DataError(f"{origin}: missing column {column!r} (set fetch.heated_column, or null for none); "
+                        f"columns found: {', '.join(map(str, frame.columns))}")
+    flags = []
+    for row, value in enumerate(frame[column].tolist()):
+        word = "" if value is None else str(value).strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise DataError(f"{origin}: column {column!r}, row {row}: {value!r} is not true/false")
+        flags.append(word in TRUE_WORDS)
+    return flags
+
+
+def heated_of(split: Dataset) -> list[bool] | None:
+    """The split's `heated` flags (stored as text once read back from jsonl), or None without them."""
+    if "heated" not in split.column_names:
+        return None
+    return [str(value).strip().lower() in TRUE_WORDS for value in split["heated"]]
 
 
 def complete_splits(splits: dict[str, Dataset], cfg: FetchConfig, seed: int) -> dict[str, Dataset]:

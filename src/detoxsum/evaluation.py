@@ -1,8 +1,14 @@
 """Summarize the test split with each model variant, then score ROUGE and toxicity side by side.
 
 Generation and scoring are separate steps (and separate DVC stages): each variant's summaries are
-generated once, by `generate_stage`, and only regenerated when that variant's model or the
+generated once, by `generate_variant`, and only regenerated when that variant's model or the
 generation settings change; scoring reads every variant's summaries and is cheap.
+
+Per variant and classifier, toxicity is reported three ways over the test dialogues: the mean of
+the greedy summaries, the expected maximum toxicity (mean over dialogues of the most toxic of k
+sampled summaries) and the toxicity probability (share of dialogues with a sample >= 0.5), as
+RealToxicityPrompts (Gehman et al. 2020) and DExperts / Quark report detox. Each figure comes with a
+95 % paired bootstrap interval over dialogues, on the whole test split and on its heated subset.
 """
 
 from __future__ import annotations
@@ -11,95 +17,206 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 from detoxsum.config import BaseConfig, EvaluateConfig
-from detoxsum.data import group_references
+from detoxsum.data import group_references, heated_of
+from detoxsum.distributed import shard
 from detoxsum.errors import DataError
-from detoxsum.metrics import percent_change, rouge, toxicity_stats
+from detoxsum.metrics import (
+    any_toxic,
+    bootstrap_indices,
+    change_interval,
+    expected_max_toxicity,
+    mean_interval,
+    rouge,
+    rouge_per_dialogue,
+)
 from detoxsum.modeling import device, load_with_adapters
 from detoxsum.reward import ToxicityScorer
 from detoxsum.summarizer import GenerationSettings, Summarizer
 
+# The toxicity figures per classifier: greedy mean, expected max over samples, toxicity probability.
+TOXICITY_FIGURES = ("mean", "expected_max", "probability")
+
 
 @dataclass(frozen=True)
 class TestSet:
-    """The unique test dialogues (first `evaluate.max_test_rows`), each with its references and id."""
+    """The unique test dialogues (first `evaluate.max_test_rows`), each with its references, id and
+    whether it is a heated argument (None when the data has no `heated` column)."""
+
+    __test__ = False  # a data class, not a pytest test class
 
     dialogues: list[str]
     references: list[list[str]]
     ids: list[str]
+    heated: list[bool] | None = None
 
     @classmethod
     def from_split(cls, split: Dataset, max_rows: int | None) -> TestSet:
         dialogues, references, ids = group_references(split)
-        return cls(dialogues[:max_rows], references[:max_rows], ids[:max_rows])
+        flags = heated_of(split)
+        heated = None
+        if flags is not None:
+            by_id = dict(zip(split["id"], flags))
+            heated = [by_id[i] for i in ids][:max_rows]
+        return cls(dialogues[:max_rows], references[:max_rows], ids[:max_rows], heated)
+
+    def shard(self, rank: int, world: int) -> TestSet:
+        """This process's contiguous share under `accelerate launch` (`distributed.gather` rejoins them)."""
+        heated = None if self.heated is None else shard(self.heated, rank, world)
+        return TestSet(*(shard(column, rank, world) for column in (self.dialogues, self.references, self.ids)), heated)
 
 
 def generate_variant(model_dir: Path, adapters: list[Path], test_set: TestSet, base: BaseConfig,
-                     cfg: EvaluateConfig, name: str) -> dict:
-    """Summaries of every test dialogue by one variant (adapters merged), with the precision used
-    and the time it took: the content of `results/summaries/<name>.json`."""
+                     cfg: EvaluateConfig, name: str, seed: int) -> dict:
+    """Greedy summaries and `toxicity_samples` sampled ones of every test dialogue by one variant
+    (adapters merged), with the precision used and the time it took: `results/summaries/<name>.json`."""
     model, tokenizer, family = load_with_adapters(model_dir, adapters, merge_all=True)
     model.to(device())
     summarizer = Summarizer(model, tokenizer, family, GenerationSettings.from_configs(base, cfg))
     started = time.perf_counter()
-    summaries = summarizer.summarize(test_set.dialogues, show_progress=True, desc=name)
+    summaries = summarizer.summarize(test_set.dialogues, show_progress=True, desc=f"{name} greedy")
+    greedy_s = time.perf_counter() - started
+    torch.manual_seed(seed)
+    samples = summarizer.sample(test_set.dialogues, cfg.toxicity_samples, cfg.top_p, show_progress=True,
+                                desc=f"{name} sampled x{cfg.toxicity_samples}")
     return {
         "model": name,
         "precision": summarizer.precision,
         "runtime_s": round(time.perf_counter() - started, 1),
-        "summaries": [{"id": i, "summary": s} for i, s in zip(test_set.ids, summaries)],
+        "greedy_runtime_s": round(greedy_s, 1),
+        "summaries": [{"id": i, "summary": s, "samples": k} for i, s, k in zip(test_set.ids, summaries, samples)],
     }
 
 
-def summaries_for(generated: dict, test_set: TestSet, source: Path) -> list[str]:
+@dataclass(frozen=True)
+class VariantSummaries:
+    greedy: list[str]
+    samples: list[list[str]]  # per dialogue, `evaluate.toxicity_samples` of them
+
+
+def summaries_for(generated: dict, test_set: TestSet, source: Path, samples: int) -> VariantSummaries:
     """The summaries of a `generate_variant` result, checked to be of these test dialogues."""
-    ids = [row["id"] for row in generated["summaries"]]
-    if ids != test_set.ids:
+    rows = generated["summaries"]
+    if [row["id"] for row in rows] != test_set.ids:
         raise DataError(f"{source}: summaries of other test dialogues than data/filtered/test.jsonl "
                         f"(evaluate.max_test_rows or the data changed); run dvc repro")
-    return [row["summary"] for row in generated["summaries"]]
+    if any(len(row.get("samples", [])) != samples for row in rows):
+        raise DataError(f"{source}: not {samples} sampled summaries per dialogue (evaluate.toxicity_samples "
+                        f"changed); run dvc repro")
+    return VariantSummaries([row["summary"] for row in rows], [row["samples"] for row in rows])
 
 
-def score_variants(summaries: dict[str, list[str]], test_set: TestSet,
-                   scorers: list[ToxicityScorer]) -> tuple[dict, list[dict]]:
-    """Returns (metrics per variant, one prediction row per test dialogue)."""
-    rows = [{"id": i, "dialogue": d, "references": r}
-            for i, d, r in zip(test_set.ids, test_set.dialogues, test_set.references)]
-    metrics: dict[str, dict] = {}
+@dataclass(frozen=True)
+class ToxicityScores:
+    """One classifier's scores of one variant: per dialogue, its greedy summary and its samples."""
+
+    greedy: list[float]
+    samples: list[list[float]]
+
+    @classmethod
+    def score(cls, scorer: ToxicityScorer, summaries: VariantSummaries) -> ToxicityScores:
+        k = len(summaries.samples[0]) if summaries.samples else 0
+        flat = scorer.score(summaries.greedy + [text for texts in summaries.samples for text in texts])
+        greedy, sampled = flat[: len(summaries.greedy)], flat[len(summaries.greedy):]
+        return cls(greedy, [sampled[i * k : (i + 1) * k] for i in range(len(summaries.greedy))])
+
+    def per_dialogue(self) -> dict[str, list[float]]:
+        """The per-dialogue values whose means are the `TOXICITY_FIGURES`."""
+        return {"mean": self.greedy, "expected_max": expected_max_toxicity(self.samples),
+                "probability": any_toxic(self.samples)}
+
+
+def score_variants(summaries: dict[str, VariantSummaries], test_set: TestSet, scorers: list[ToxicityScorer],
+                   cfg: EvaluateConfig, seed: int) -> tuple[dict, list[dict]]:
+    """Returns (metrics per variant with intervals, plus `detox`: LoRA -> PPO; one prediction row per
+    test dialogue)."""
+    subsets = {"all": list(range(len(test_set.dialogues)))}
+    if test_set.heated is not None:
+        subsets["heated"] = [i for i, flag in enumerate(test_set.heated) if flag]
+    toxicity = {name: {s.name: ToxicityScores.score(s, texts) for s in scorers} for name, texts in summaries.items()}
+    metrics: dict = {"num_test_dialogues": len(test_set.dialogues), "toxicity_samples": cfg.toxicity_samples}
+    if "heated" in subsets:
+        metrics["num_heated_dialogues"] = len(subsets["heated"])
     for name, texts in summaries.items():
-        toxicity = {scorer.name: scorer.score(texts) for scorer in scorers}
-        metrics[name] = score_summaries(texts, test_set.references, toxicity)
-        for index, row in enumerate(rows):
-            row[name] = texts[index]
-            row.update({f"{name}_toxicity_{scorer}": round(values[index], 4) for scorer, values in toxicity.items()})
-    metrics["num_test_dialogues"] = len(test_set.dialogues)
-    return metrics, rows
+        metrics[name] = variant_metrics(texts, test_set.references, toxicity[name], subsets, seed, cfg)
+    if {"lora", "ppo"} <= set(summaries):
+        metrics["detox"] = detox_metrics(summaries, test_set.references, toxicity, subsets, seed, cfg)
+    return metrics, prediction_rows(summaries, test_set, toxicity)
 
 
-def score_summaries(summaries: list[str], references: list[list[str]], toxicity: dict[str, list[float]]) -> dict:
-    """ROUGE against the references plus toxicity statistics per classifier, as one flat dict."""
-    scores = rouge(summaries, references)
-    for scorer, values in toxicity.items():
-        for stat, value in toxicity_stats(values).items():
-            scores[f"toxicity_{scorer}_{stat}"] = value
-    scores["summary_words_mean"] = round(sum(len(s.split()) for s in summaries) / max(len(summaries), 1), 2)
-    return scores
+def subset_indices(subset: list[int], cfg: EvaluateConfig, seed: int):
+    """Bootstrap draws within a subset of dialogues, as positions into the subset's values."""
+    return bootstrap_indices(len(subset), cfg.bootstrap_resamples, seed)
 
 
-def toxicity_change(metrics: dict, before: str, after: str, scorers: list[ToxicityScorer]) -> dict[str, float]:
-    """% change of mean toxicity from variant `before` to `after`, per scorer."""
-    return {
-        f"toxicity_{s.name}_mean_change_pct": percent_change(
-            metrics[before][f"toxicity_{s.name}_mean"], metrics[after][f"toxicity_{s.name}_mean"]
-        )
-        for s in scorers
-    }
+def pick(values: list[float], subset: list[int]) -> list[float]:
+    return [values[i] for i in subset]
+
+
+def variant_metrics(texts: VariantSummaries, references: list[list[str]], toxicity: dict[str, ToxicityScores],
+                    subsets: dict[str, list[int]], seed: int, cfg: EvaluateConfig) -> dict:
+    """ROUGE both ways (whole split, ROUGE-L with its interval), summary length, and every toxicity
+    figure with its interval for each subset (`heated` nested)."""
+    block = rouge(texts.greedy, references)
+    rouge_l = rouge_per_dialogue(texts.greedy, references)["best"]["rougeL"]
+    interval = mean_interval(rouge_l, subset_indices(subsets["all"], cfg, seed))
+    block.update(rougeL_ci_low=round(interval["ci_low"], 2), rougeL_ci_high=round(interval["ci_high"], 2))
+    block["summary_words_mean"] = round(sum(len(s.split()) for s in texts.greedy) / max(len(texts.greedy), 1), 2)
+    for subset_name, subset in subsets.items():
+        target = block if subset_name == "all" else block.setdefault(subset_name, {})
+        draws = subset_indices(subset, cfg, seed)
+        for scorer, scores in toxicity.items():
+            for figure, values in scores.per_dialogue().items():
+                stats = mean_interval(pick(values, subset), draws)
+                key = f"toxicity_{scorer}_{figure}"
+                target.update({key: round(stats["mean"], 4), f"{key}_ci_low": round(stats["ci_low"], 4),
+                               f"{key}_ci_high": round(stats["ci_high"], 4)})
+    return block
+
+
+def detox_metrics(summaries: dict[str, VariantSummaries], references: list[list[str]],
+                  toxicity: dict[str, dict[str, ToxicityScores]], subsets: dict[str, list[int]], seed: int,
+                  cfg: EvaluateConfig) -> dict:
+    """LoRA -> PPO: % change of every toxicity figure per subset, and ROUGE-L's change in points,
+    each with a paired bootstrap interval (the same resampled dialogues for both models)."""
+    rouge_l = {name: rouge_per_dialogue(summaries[name].greedy, references)["best"]["rougeL"] for name in ("lora", "ppo")}
+    rouge_change = change_interval(rouge_l["lora"], rouge_l["ppo"], subset_indices(subsets["all"], cfg, seed))
+    detox: dict = {f"rougeL_{key}": value for key, value in rouge_change.items() if not key.startswith("change_pct")}
+    for subset_name, subset in subsets.items():
+        target = detox if subset_name == "all" else detox.setdefault(subset_name, {})
+        draws = subset_indices(subset, cfg, seed)
+        for scorer in toxicity["lora"]:
+            before, after = toxicity["lora"][scorer].per_dialogue(), toxicity["ppo"][scorer].per_dialogue()
+            for figure in TOXICITY_FIGURES:
+                change = change_interval(pick(before[figure], subset), pick(after[figure], subset), draws)
+                target.update({f"toxicity_{scorer}_{figure}_{key}": value for key, value in change.items()
+                               if key.startswith("change_pct")})
+    return detox
+
+
+def prediction_rows(summaries: dict[str, VariantSummaries], test_set: TestSet,
+                    toxicity: dict[str, dict[str, ToxicityScores]]) -> list[dict]:
+    """One row per test dialogue: its references and, per variant, the greedy summary with its
+    toxicity and the sampled summaries' worst toxicity per classifier."""
+    rows = []
+    for index, (dialogue_id, dialogue, refs) in enumerate(zip(test_set.ids, test_set.dialogues, test_set.references)):
+        row = {"id": dialogue_id, "dialogue": dialogue, "references": refs}
+        if test_set.heated is not None:
+            row["heated"] = test_set.heated[index]
+        for name, texts in summaries.items():
+            row[name] = texts.greedy[index]
+            for scorer, scores in toxicity[name].items():
+                row[f"{name}_toxicity_{scorer}"] = round(scores.greedy[index], 4)
+                row[f"{name}_toxicity_{scorer}_sample_max"] = round(max(scores.samples[index]), 4)
+        rows.append(row)
+    return rows
 
 
 def toxicity_histogram(rows: list[dict], variants: list[str], scorer: str, bins: int = 10) -> list[dict]:
-    """Counts of summaries per toxicity bin ([0, 0.1), ..., [0.9, 1.0]) for each variant: a DVC plot."""
+    """Counts of greedy summaries per toxicity bin ([0, 0.1), ..., [0.9, 1.0]) for each variant: a DVC plot."""
     table = [{"toxicity": round((b + 0.5) / bins, 3), **dict.fromkeys(variants, 0)} for b in range(bins)]
     for row in rows:
         for variant in variants:

@@ -219,12 +219,30 @@ def fit_dialogue(tokenizer, family: Family, template: str, dialogue: str, max_so
     return family.prompt_text(tokenizer, template.format(dialogue=short))
 
 
-def cut_at_stop(token_ids: list[int], stop_ids: list[int]) -> list[int]:
-    """Keep the ids before the first stop id (end of turn, eos or padding)."""
-    for position, token_id in enumerate(token_ids):
-        if token_id in stop_ids:
-            return token_ids[:position]
-    return token_ids
+def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens that end a response: end of turn, eos, and padding (which generate writes after a stop)."""
+    return sorted(set(stop_token_ids(tokenizer)) | {tokenizer.pad_token_id})
+
+
+def response_mask(response_ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
+    """1.0 up to and including each row's first end token, 0.0 after it (float mask [B, T])."""
+    is_end = torch.isin(response_ids, torch.tensor(end_ids, device=response_ids.device)).long()
+    ends_before = is_end.cumsum(1) - is_end
+    return (ends_before == 0).float()
+
+
+def response_text(tokenizer, token_ids: torch.Tensor) -> str:
+    """Text of response tokens as the reward model sees it: special tokens dropped, stripped."""
+    return tokenizer.decode(token_ids.tolist(), skip_special_tokens=True).strip()
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
+    """The summary texts of generated response ids: each row up to its first end token (the one
+    rule for evaluation and PPO alike); `mask` is `response_mask` of the ids when already at hand."""
+    if mask is None:
+        mask = response_mask(response_ids, end_token_ids(tokenizer))
+    lengths = mask.sum(1).long().tolist()
+    return [response_text(tokenizer, row[:n]) for row, n in zip(response_ids, lengths)]
 
 
 # --- loading and saving -------------------------------------------------------------------------
@@ -345,7 +363,6 @@ def device() -> torch.device:
     return default_device()
 
 
-@torch.no_grad()
 def generate_summaries(
     model,
     tokenizer,
@@ -359,31 +376,46 @@ def generate_summaries(
     show_progress: bool = True,
 ) -> list[str]:
     """Greedy/beam generation in batches; returns the decoded responses, cut at the end of turn, in
-    the order of `prompts`.
+    the order of `prompts`."""
+    decoding = {"num_beams": num_beams, "do_sample": False}
+    per_prompt = generate_in_length_order(model, tokenizer, family, prompts, batch_size, max_new_tokens, decoding,
+                                          precision, desc, show_progress)
+    return [texts[0] for texts in per_prompt]
+
+
+def sample_summaries(model, tokenizer, family: Family, prompts: list[str], batch_size: int, max_new_tokens: int,
+                     samples: int, top_p: float, precision: str = "fp32", desc: str = "sample",
+                     show_progress: bool = True) -> list[list[str]]:
+    """`samples` summaries per prompt by nucleus sampling at temperature 1 (seed torch first for
+    reproducible samples); `batch_size` prompts per batch, each batch `batch_size * samples` rows."""
+    decoding = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": top_p, "num_return_sequences": samples}
+    return generate_in_length_order(model, tokenizer, family, prompts, batch_size, max_new_tokens, decoding,
+                                    precision, desc, show_progress)
+
+
+@torch.no_grad()
+def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str], batch_size: int,
+                             max_new_tokens: int, decoding: dict, precision: str, desc: str,
+                             show_progress: bool) -> list[list[str]]:
+    """The decoded responses of `model.generate(**decoding)` per prompt, in the order of `prompts`.
 
     Prompts are generated longest first, in batches of similar length: a batch pads to its longest
     prompt, so sorting cuts the padded positions every generated token attends to (and the padding
     rows a batch keeps running after its short summaries are done matter less).
     """
     model.eval()
-    stops = stop_token_ids(tokenizer)
+    per_prompt = decoding.get("num_return_sequences", 1)
     order = length_order(tokenizer, family, prompts)
-    summaries: list[str] = [""] * len(prompts)
+    summaries: list[list[str]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not show_progress):
         positions = order[start : start + batch_size]
         batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions], model.device)
         with autocast(model.device, precision):
-            generated = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        responses = family.response_ids(generated, batch["input_ids"].shape[1])
-        for position, text in zip(positions, decode_responses(tokenizer, responses, stops)):
-            summaries[position] = text
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
+                                       pad_token_id=tokenizer.pad_token_id, **decoding)
+        texts = decode_responses(tokenizer, family.response_ids(generated, batch["input_ids"].shape[1]))
+        for offset, position in enumerate(positions):
+            summaries[position] = texts[offset * per_prompt : (offset + 1) * per_prompt]
     return summaries
 
 
@@ -423,14 +455,6 @@ def pad_prompts(tokenizer, family: Family, prompts: list[str], device_: torch.de
     features = [{"input_ids": family.prompt_ids(tokenizer, text)} for text in prompts]
     batch = tokenizer.pad(features, padding=True, padding_side="left", return_tensors="pt")
     return {key: value.to(device_) for key, value in batch.items()}
-
-
-def decode_responses(tokenizer, responses: torch.Tensor, stops: list[int]) -> list[str]:
-    stop_and_pad = stops + [tokenizer.pad_token_id]
-    return [
-        tokenizer.decode(cut_at_stop(row.tolist(), stop_and_pad), skip_special_tokens=True).strip()
-        for row in responses
-    ]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,6 +3,8 @@
 - `profanity-check` (alt-profanity-check): a small sklearn model shipped on PyPI; offline default.
 - `hf`: any Hugging Face sequence classifier by Hub id or local path; the score is the softmax
   probability of the configured label (e.g. `hate` for facebook/roberta-hate-speech-dynabench-r4-target).
+- `hatesonar`: an ONNX TF-IDF + logistic regression model trained on Davidson et al. (2017); the
+  score is P(hate_speech) + P(offensive_language). Offline, and independent of profanity-check.
 
 PPO's reward model (`build_reward_model`) sits on the same scorers but returns a tensor from
 `rewards(texts)`, higher meaning less toxic.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from detoxsum.config import ClassifierSpec, RewardSpec
@@ -69,6 +72,57 @@ class HFClassifierScorer:
         return self.logits(list(texts)).softmax(-1)[:, self.label_index].tolist()
 
 
+# The tensor behind hatesonar's `output_probability`, whose ZipMap turns it into one dict per text;
+# its columns follow hatesonar.api.Sonar.mapping: hate_speech, offensive_language, neither.
+HATESONAR_PROBABILITIES = "probabilities"
+HATESONAR_NEITHER = 2
+# onnxruntime builds the StringNormalizer's locale, en_US.UTF-8 when the model names none (hatesonar's
+# does not), and fails to load where that locale is not generated, as in slim images. C.UTF-8 is
+# built into glibc; the locale only governs lower-casing, and the tokenizer keeps ASCII words only.
+HATESONAR_LOCALE = "C.UTF-8"
+
+
+def load_hatesonar_session():
+    """hatesonar's packaged model as an onnxruntime session, with the locale set and the class
+    probabilities exposed as one (n_texts, 3) tensor. The file on disk is left as it is."""
+    import onnx
+    import onnxruntime
+    from hatesonar.api import DEFAULT_MODEL_FILE
+
+    model = onnx.load(DEFAULT_MODEL_FILE)
+    for node in model.graph.node:
+        if node.op_type == "StringNormalizer":
+            kept = [attribute for attribute in node.attribute if attribute.name != "locale"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [onnx.helper.make_attribute("locale", HATESONAR_LOCALE)])
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(HATESONAR_PROBABILITIES, onnx.TensorProto.FLOAT, [None, 3]))
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+class HateSonarScorer:
+    """toxicity(text) = P(hate_speech) + P(offensive_language) = 1 - P(neither), from hatesonar.
+
+    All texts go through one session run. The model is a sparse (L1) logistic regression over
+    words: a text without any of its ~300 weighted words gets the class prior, 0.33, not 0.
+    """
+
+    def __init__(self, name: str = "hatesonar"):
+        self.name = name
+        try:
+            self._session = load_hatesonar_session()
+        except Exception as exc:  # onnxruntime's errors derive from Exception alone
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(f"classifier {name}: hatesonar cannot load offline ({reason})") from exc
+
+    def score(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        inputs = {"text": np.array(list(texts), dtype=object)}
+        (probabilities,) = self._session.run([HATESONAR_PROBABILITIES], inputs)
+        return np.clip(1.0 - probabilities[:, HATESONAR_NEITHER], 0.0, 1.0).tolist()
+
+
 # A word: letters, digits and apostrophes ("freeloader", "don't", "#Person1#" gives "Person1").
 WORD = re.compile(r"[A-Za-z0-9']+")
 
@@ -96,6 +150,8 @@ class WorstWordScorer:
 def build_scorer(spec: ClassifierSpec) -> ToxicityScorer:
     if spec.kind == "profanity-check":
         scorer: ToxicityScorer = ProfanityCheckScorer(spec.name)
+    elif spec.kind == "hatesonar":
+        scorer = HateSonarScorer(spec.name)
     else:
         scorer = HFClassifierScorer(spec.name, spec.model, spec.label)
     return WorstWordScorer(scorer, spec.name) if spec.score_by == "worst_word" else scorer
@@ -119,21 +175,31 @@ class ProfanityReward:
 
 
 class ClassifierLabelReward:
-    """reward = the logit (or softmax probability) of a non-toxic label of a Hugging Face classifier.
+    """reward = the log-odds (or logit, or softmax probability) of a non-toxic label of a Hugging
+    Face classifier.
 
-    The logit is the default because, unlike a probability, it does not saturate: the policy still
-    gets a signal on texts the classifier already calls non-toxic.
+    Log-odds is the default: unlike a probability it does not saturate, so the policy still gets a
+    signal on texts the classifier already calls non-toxic; and unlike one raw logit it is what the
+    classifier's decision rests on (softmax ignores a shift of all logits, one logit does not).
     """
 
-    def __init__(self, model: str, label: str, output: str = "logit"):
+    def __init__(self, model: str, label: str, output: str = "log_odds"):
         self.scorer = HFClassifierScorer("reward", model, label)
         self.output = output
 
     def rewards(self, texts: list[str]) -> torch.Tensor:
         logits = self.scorer.logits(list(texts))
-        if self.output == "prob":
-            return logits.softmax(-1)[:, self.scorer.label_index]
-        return logits[:, self.scorer.label_index]
+        return label_reward(logits, self.scorer.label_index, self.output)
+
+
+def label_reward(logits: torch.Tensor, label_index: int, output: str) -> torch.Tensor:
+    """One reward per row of classifier logits [B, labels] for the label at `label_index`."""
+    if output == "prob":
+        return logits.softmax(-1)[:, label_index]
+    if output == "logit":
+        return logits[:, label_index]
+    others = torch.cat([logits[:, :label_index], logits[:, label_index + 1:]], dim=1)
+    return logits[:, label_index] - torch.logsumexp(others, dim=1)  # log p(label) - log p(not label)
 
 
 # A sentence ends at ., ! or ? followed by whitespace, or at a line break. A regex rather than a

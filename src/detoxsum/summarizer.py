@@ -20,6 +20,7 @@ from detoxsum.modeling import (
     fit_dialogue,
     generate_summaries,
     load_source_model,
+    sample_summaries,
 )
 from detoxsum.precision import resolve_for_model
 
@@ -65,13 +66,25 @@ class Summarizer:
         self.model, self.tokenizer, self.family, self.settings = model, tokenizer, family, settings
         self.precision = resolve_for_model(settings.precision, model.config, model.device)
 
-    def summarize(self, dialogues: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
+    def prompts(self, dialogues: list[str]) -> list[str]:
         settings = self.settings
-        prompts = [fit_dialogue(self.tokenizer, self.family, settings.prompt, dialogue, settings.max_source_tokens)
-                   for dialogue in dialogues]
-        return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
+        return [fit_dialogue(self.tokenizer, self.family, settings.prompt, dialogue, settings.max_source_tokens)
+                for dialogue in dialogues]
+
+    def summarize(self, dialogues: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
+        """One summary per dialogue, greedy (or beam search with num_beams > 1)."""
+        settings = self.settings
+        return generate_summaries(self.model, self.tokenizer, self.family, self.prompts(dialogues), settings.batch_size,
                                   settings.max_new_tokens, settings.num_beams, precision=self.precision,
                                   desc=desc, show_progress=show_progress)
+
+    def sample(self, dialogues: list[str], samples: int, top_p: float, show_progress: bool = False,
+               desc: str = "sample") -> list[list[str]]:
+        """`samples` nucleus-sampled summaries per dialogue (seed torch first to reproduce them)."""
+        settings = self.settings
+        return sample_summaries(self.model, self.tokenizer, self.family, self.prompts(dialogues), settings.batch_size,
+                                settings.max_new_tokens, samples, top_p, precision=self.precision, desc=desc,
+                                show_progress=show_progress)
 
 
 def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings: GenerationSettings) -> Summarizer:

@@ -1,12 +1,15 @@
-"""evaluate: ROUGE-1/2/L/Lsum and toxicity of the base, LoRA and PPO summaries of the test split.
+"""evaluate: ROUGE and toxicity of the base, LoRA and PPO summaries of the test split, with intervals.
 
 Run: `python -m detoxsum.stages.evaluate`. Reads `evaluate` from params.yaml, the test split and the
 summaries the `generate_*` stages wrote (`results/summaries/{base,lora,ppo}.json`); writes
-- `metrics/evaluate.json`: one flat block per model (`base`, `lora`, `ppo`) with ROUGE, toxicity
-  mean/std/share-above-0.5 per classifier and the precision its summaries were generated in, plus
-  `detox`: % change of mean toxicity LoRA -> PPO;
-- `results/predictions.jsonl`: dialogue, references, each model's summary and its toxicity;
-- `plots/toxicity/<classifier>.csv`: how many LoRA and PPO summaries fall in each toxicity bin.
+- `metrics/evaluate.json`: one block per model (`base`, `lora`, `ppo`): ROUGE-1/2/L/Lsum against the
+  best reference and over (summary, reference) pairs (`*_pairs`), ROUGE-L's 95 % interval, mean
+  summary length, and per classifier the greedy mean, expected maximum and probability of toxicity
+  with 95 % intervals, for the whole split and (`heated`) its heated arguments; plus `detox`: the
+  % change of each toxicity figure LoRA -> PPO and ROUGE-L's change, with paired intervals;
+- `results/predictions.jsonl`: dialogue, references, each model's summary, its toxicity and the
+  worst toxicity among its samples;
+- `plots/toxicity/<classifier>.csv`: how many LoRA and PPO greedy summaries fall in each toxicity bin.
 """
 
 import json
@@ -15,7 +18,7 @@ from pathlib import Path
 from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.errors import DataError
-from detoxsum.evaluation import TestSet, score_variants, summaries_for, toxicity_change, toxicity_histogram
+from detoxsum.evaluation import TestSet, score_variants, summaries_for, toxicity_histogram
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic, write_jsonl_atomic
 from detoxsum.reward import build_scorer
 
@@ -28,15 +31,16 @@ HISTOGRAM_DIR = Path("plots/toxicity")
 
 
 def main() -> None:
+    base = load_stage_config("base")
     cfg = load_stage_config("evaluate")
     scorers = [build_scorer(spec) for spec in cfg.toxicity_classifiers]
     test_set = TestSet.from_split(read_jsonl_split(TEST_FILE), cfg.max_test_rows)
     generated = {name: read_generated(SUMMARIES_DIR / f"{name}.json") for name in VARIANTS}
-    summaries = {name: summaries_for(generated[name], test_set, SUMMARIES_DIR / f"{name}.json") for name in VARIANTS}
-    metrics, rows = score_variants(summaries, test_set, scorers)
+    summaries = {name: summaries_for(generated[name], test_set, SUMMARIES_DIR / f"{name}.json", cfg.toxicity_samples)
+                 for name in VARIANTS}
+    metrics, rows = score_variants(summaries, test_set, scorers, cfg, base.seed)
     for name in VARIANTS:
         metrics[name]["precision"] = generated[name]["precision"]
-    metrics["detox"] = toxicity_change(metrics, "lora", "ppo", scorers)
     with atomic_dir(HISTOGRAM_DIR) as tmp:
         for scorer in scorers:
             table = toxicity_histogram(rows, ["lora", "ppo"], scorer.name)
@@ -45,8 +49,15 @@ def main() -> None:
     write_jsonl_atomic(PREDICTIONS_FILE, rows)
     write_json_atomic(METRICS_FILE, metrics)
     for name in VARIANTS:
-        print(f"evaluate: {name}: {metrics[name]}")
+        print(f"evaluate: {name}: {headline(metrics[name], scorers)}")
     print(f"evaluate: detox LoRA -> PPO: {metrics['detox']}")
+
+
+def headline(block: dict, scorers) -> dict:
+    """ROUGE-L, length and each classifier's greedy mean and expected max: one readable line."""
+    keys = ["rougeL", "rougeL_pairs", "summary_words_mean"]
+    keys += [f"toxicity_{s.name}_{figure}" for s in scorers for figure in ("mean", "expected_max")]
+    return {key: block[key] for key in keys}
 
 
 def read_generated(path: Path) -> dict:

@@ -15,10 +15,11 @@ from transformers import set_seed
 
 from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split
-from detoxsum.distributed import gather, init_process_group, is_main_process, rank_and_world, relaunch_if_parallel, shard
+from detoxsum.distributed import gather, init_process_group, is_main_process, rank_and_world, relaunch_if_parallel
 from detoxsum.errors import ParamsError
 from detoxsum.evaluation import TestSet, generate_variant
 from detoxsum.outputs import run_stage, write_json_atomic
+from detoxsum.reward import build_scorer
 
 MODEL_DIR = Path("artifacts/model")
 LORA_DIR = Path("artifacts/lora")
@@ -37,10 +38,12 @@ def main() -> None:
     relaunch_if_parallel(base.num_processes, "detoxsum.stages.generate", [variant])
     init_process_group()
     set_seed(base.seed)
+    for spec in cfg.toxicity_classifiers:
+        build_scorer(spec)
     test_set = TestSet.from_split(read_jsonl_split(TEST_FILE), cfg.max_test_rows)
     rank, world = rank_and_world()
-    mine = TestSet(*(shard(column, rank, world) for column in (test_set.dialogues, test_set.references, test_set.ids)))
-    generated = generate_variant(MODEL_DIR, VARIANT_ADAPTERS[variant], mine, base, cfg, variant)
+    generated = generate_variant(MODEL_DIR, VARIANT_ADAPTERS[variant], test_set.shard(rank, world), base, cfg,
+                                 variant, seed=base.seed + rank)
     generated["summaries"] = gather(generated["summaries"])
     if is_main_process():
         write_json_atomic(SUMMARIES_DIR / f"{variant}.json", generated)

@@ -1,0 +1,35 @@
+"""The seed-study summary reads `dvc exp show --json` and counts intervals that exclude 0."""
+
+from detoxsum.seeds import experiments_from_show, render, summarise
+
+
+def evaluate_metrics(change: float, low: float, high: float, rouge_l: float) -> dict:
+    return {"lora": {"rougeL": 30.0}, "ppo": {"rougeL": rouge_l},
+            "detox": {"rougeL_change": rouge_l - 30.0,
+                      "heated": {"toxicity_profanity_check_expected_max_change_pct": change,
+                                 "toxicity_profanity_check_expected_max_change_pct_ci_low": low,
+                                 "toxicity_profanity_check_expected_max_change_pct_ci_high": high}}}
+
+
+def show_json(runs: dict[str, tuple[int, dict]]) -> list:
+    """The shape of `dvc exp show --json` (dvc 3): a workspace entry and a baseline with experiments."""
+    experiments = [{"name": name, "revs": [{"rev": "abc", "name": name, "data": {
+        "params": {"params.yaml": {"data": {"base": {"seed": seed}}}},
+        "metrics": {"metrics/evaluate.json": {"data": metrics}}}}]} for name, (seed, metrics) in runs.items()]
+    return [{"rev": "workspace", "name": None, "data": {"params": {}, "metrics": {}}},
+            {"rev": "HEAD", "name": "main", "data": {"params": {}, "metrics": {}}, "experiments": experiments}]
+
+
+def test_summary_gives_mean_sd_and_how_many_intervals_exclude_zero():
+    runs = experiments_from_show(show_json({
+        "seed-1": (1, evaluate_metrics(-60.0, -80.0, -40.0, 29.5)),
+        "seed-2": (2, evaluate_metrics(-20.0, -45.0, 5.0, 30.5)),
+        "seed-3": (3, evaluate_metrics(-40.0, -70.0, -10.0, 30.0)),
+    }))
+    assert {name: run["seed"] for name, run in runs.items()} == {"seed-1": 1, "seed-2": 2, "seed-3": 3}
+    table = summarise(runs)
+    row = table["heated: expected max, reward classifier, %"]
+    assert row["mean"] == -40.0 and row["sd"] == 20.0 and row["interval_excludes_0"] == "2/3"
+    assert table["ROUGE-L change, points"]["mean"] == 0.0
+    assert "| heated: expected max, reward classifier, % | -60.00 | -20.00 | -40.00 | -40.00 | 20.00 | 2/3 |" in \
+        render(table, ["seed-1", "seed-2", "seed-3"])
