@@ -33,3 +33,11 @@ def test_summary_gives_mean_sd_and_how_many_intervals_exclude_zero():
     assert table["ROUGE-L change, points"]["mean"] == 0.0
     assert "| heated: expected max, reward classifier, % | -60.00 | -20.00 | -40.00 | -40.00 | 20.00 | 2/3 |" in \
         render(table, ["seed-1", "seed-2", "seed-3"])
+
+
+def test_toxicities_keep_three_decimals_and_percentages_two():
+    table = {"tox": {"per_run": {"a": 0.1496, "b": 0.2375}, "mean": 0.1936, "sd": 0.0622},
+             "pct": {"per_run": {"a": -37.021, "b": -12.5}, "mean": -24.76, "sd": 17.33, "interval_excludes_0": "1/2"}}
+    rendered = render(table, ["a", "b"])
+    assert "| tox | 0.150 | 0.237 | 0.194 | 0.062 |  |" in rendered
+    assert "| pct | -37.02 | -12.50 | -24.76 | 17.33 | 1/2 |" in rendered

@@ -28,24 +28,30 @@ CHANGES = (
     ("heated: expected max, reward classifier, %", "detox.heated.toxicity_profanity_check_expected_max_change_pct"),
     ("heated: expected max, judge (hatesonar), %", "detox.heated.toxicity_hatesonar_expected_max_change_pct"),
     ("heated: expected max, worst word, %", "detox.heated.toxicity_profanity_check_worst_word_expected_max_change_pct"),
-    ("heated: greedy mean, reward classifier, %", "detox.heated.toxicity_profanity_check_mean_change_pct"),
     ("heated: probability, reward classifier, %", "detox.heated.toxicity_profanity_check_probability_change_pct"),
+    ("heated: probability, judge (hatesonar), %", "detox.heated.toxicity_hatesonar_probability_change_pct"),
+    ("heated: probability, worst word, %", "detox.heated.toxicity_profanity_check_worst_word_probability_change_pct"),
+    ("heated: greedy mean, reward classifier, %", "detox.heated.toxicity_profanity_check_mean_change_pct"),
+    ("heated: greedy mean, judge (hatesonar), %", "detox.heated.toxicity_hatesonar_mean_change_pct"),
     ("all: expected max, reward classifier, %", "detox.toxicity_profanity_check_expected_max_change_pct"),
     ("all: expected max, judge (hatesonar), %", "detox.toxicity_hatesonar_expected_max_change_pct"),
     ("ROUGE-L change, points", "detox.rougeL_change"),
 )
-LEVELS = (
-    ("LoRA ROUGE-L", "lora.rougeL"),
-    ("PPO ROUGE-L", "ppo.rougeL"),
-    ("LoRA ROUGE-L (pairs)", "lora.rougeL_pairs"),
-    ("PPO ROUGE-L (pairs)", "ppo.rougeL_pairs"),
-    ("LoRA words per summary", "lora.summary_words_mean"),
-    ("PPO words per summary", "ppo.summary_words_mean"),
-    ("LoRA heated expected max (reward clf)", "lora.heated.toxicity_profanity_check_expected_max"),
-    ("PPO heated expected max (reward clf)", "ppo.heated.toxicity_profanity_check_expected_max"),
-    ("LoRA heated expected max (hatesonar)", "lora.heated.toxicity_hatesonar_expected_max"),
-    ("PPO heated expected max (hatesonar)", "ppo.heated.toxicity_hatesonar_expected_max"),
+# (label, path) of each model's own figures; "{model}" is lora and ppo in turn.
+LEVEL_TEMPLATES = (
+    ("ROUGE-L", "{model}.rougeL"),
+    ("ROUGE-L (pairs)", "{model}.rougeL_pairs"),
+    ("ROUGE-1", "{model}.rouge1"),
+    ("words per summary", "{model}.summary_words_mean"),
+    ("heated expected max (reward clf)", "{model}.heated.toxicity_profanity_check_expected_max"),
+    ("heated expected max (hatesonar)", "{model}.heated.toxicity_hatesonar_expected_max"),
+    ("heated expected max (worst word)", "{model}.heated.toxicity_profanity_check_worst_word_expected_max"),
+    ("heated probability (reward clf)", "{model}.heated.toxicity_profanity_check_probability"),
+    ("heated probability (hatesonar)", "{model}.heated.toxicity_hatesonar_probability"),
+    ("heated greedy mean (reward clf)", "{model}.heated.toxicity_profanity_check_mean"),
 )
+LEVELS = tuple((f"{model.upper() if model == 'ppo' else 'LoRA'} {label}", path.format(model=model))
+               for label, path in LEVEL_TEMPLATES for model in ("lora", "ppo"))
 
 
 def lookup(metrics: dict, path: str):
@@ -103,12 +109,17 @@ def excludes_zero(metrics: dict, path: str) -> bool:
     return low is not None and high is not None and (low > 0 or high < 0)
 
 
+def figure(value: float) -> str:
+    """Two decimals for % and ROUGE points, three for toxicities and shares (which live in [0, 1])."""
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+
+
 def render(table: dict, names: list[str]) -> str:
     header = "| figure | " + " | ".join(names) + " | mean | sd | interval excludes 0 |"
     lines = [header, "|" + "---|" * (len(names) + 4)]
     for label, row in table.items():
-        cells = [f"{row['per_run'][n]:.2f}" if n in row["per_run"] else "" for n in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['mean']:.2f} | {row['sd']:.2f} | "
+        cells = [figure(row["per_run"][n]) if n in row["per_run"] else "" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {figure(row['mean'])} | {figure(row['sd'])} | "
                      f"{row.get('interval_excludes_0', '')} |")
     return "\n".join(lines)
 
