@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from detoxsum.config import (
-    STAGE_CONFIGS, ClassifierSpec, EvaluateConfig, TrainLoraConfig, TrainPPOConfig, build_config, load_all_configs,
+    STAGE_CONFIGS, BaseConfig, ClassifierSpec, EvaluateConfig, TrainLoraConfig, TrainPPOConfig, build_config, load_all_configs,
     load_stage_config,
 )
 from detoxsum.errors import ParamsError
@@ -36,6 +36,25 @@ def test_ill_typed_value_is_named(values, key):
 def test_out_of_range_value_is_named():
     with pytest.raises(ParamsError, match=r"train_lora\.dropout"):
         build_config(TrainLoraConfig, {"dropout": 1.5}, "train_lora")
+
+
+@pytest.mark.parametrize(("cls", "section", "values", "key"), [
+    (BaseConfig, "base", {"seed": -1}, "base.seed"),
+    (BaseConfig, "base", {"seed": 2**32}, "base.seed"),
+    (EvaluateConfig, "evaluate", {"max_test_rows": 0}, "evaluate.max_test_rows"),  # all-zero metrics otherwise
+])
+def test_values_that_would_crash_later_or_give_meaningless_metrics_are_refused(cls, section, values, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        build_config(cls, values, section)
+    assert build_config(BaseConfig, {"seed": 2**32 - 1}, "base").seed == 2**32 - 1
+
+
+def test_a_params_file_that_is_no_yaml_is_named_in_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base:\n  seed: [42\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML: .* at line \d+, column \d+$") as raised:
+        load_stage_config("base", bad)
+    assert "\n" not in str(raised.value)
 
 
 def test_yaml_scientific_string_and_int_become_float():

@@ -1,4 +1,5 @@
 import json
+import tempfile
 import zipfile
 
 import pandas as pd
@@ -7,7 +8,9 @@ from conftest import fixture_rows
 from datasets import Dataset
 
 from detoxsum.config import FetchConfig, FilterConfig
-from detoxsum.data import SPLITS, filter_split, group_references, load_raw_splits, tokenize_split
+from detoxsum.data import (
+    SPLITS, drop_test_dialogues, filter_split, group_references, load_raw_splits, normalised, tokenize_split,
+)
 from detoxsum.errors import DataError
 from detoxsum.modeling import IGNORE_INDEX, end_of_turn_id, load_model
 
@@ -53,6 +56,72 @@ def test_zip_of_split_files_with_renamed_columns(tmp_path):
     assert "\r" not in splits["train"][0]["dialogue"]
 
 
+def test_a_zip_leaves_no_extracted_copy_and_errors_name_the_file_inside_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    archive = tmp_path / "chats.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("chats/train.jsonl", json.dumps({"id": "1", "dialogue": "hi", "summary": "s"}) + "\n")
+        handle.writestr("chats/test.jsonl", "{not json\n")
+    with pytest.raises(DataError, match=r"chats\.zip/chats/test\.jsonl: cannot read as jsonl"):
+        load_raw_splits(FetchConfig(dataset=str(archive)), seed=0)
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def split_dialogues(split):
+    return {normalised(dialogue) for dialogue in split["dialogue"]}
+
+
+def test_carved_splits_share_no_dialogue_and_drop_duplicate_pairs_first(tmp_path):
+    """One file with repeated rows and dialogues that have three references each (DialogSum's
+    layout): each dialogue lands in one split with all its references, and no pair twice."""
+    rows = fixture_rows(40)
+    repeated = [dict(row, id=f"again-{i}") for i, row in enumerate(rows[:10])]
+    referenced = [dict(row, id=f"{row['id']}-ref{k}", summary=f"{row['summary']} Take {k}.")
+                  for row in rows[10:16] for k in (1, 2)]
+    source = write_rows(tmp_path / "all.jsonl", rows + repeated + [dict(row, dialogue=row["dialogue"] + "\n")
+                                                                  for row in repeated] + referenced)
+    for seed in range(5):
+        splits = load_raw_splits(FetchConfig(dataset=str(source), test_fraction=0.2, validation_fraction=0.2), seed)
+        assert sum(len(splits[name]) for name in SPLITS) == 40 + 12
+        for first, second in [("train", "test"), ("train", "validation"), ("validation", "test")]:
+            assert not split_dialogues(splits[first]) & split_dialogues(splits[second])
+        multi = {normalised(row["dialogue"]) for row in rows[10:16]}
+        for name in SPLITS:
+            references = [normalised(d) for d in splits[name]["dialogue"] if normalised(d) in multi]
+            assert all(references.count(d) == 3 for d in references)
+
+
+def test_published_splits_that_overlap_keep_test_and_lose_the_leaked_dialogues_elsewhere():
+    rows = fixture_rows(12)
+    kept = {"test": Dataset.from_list(rows[:4]),
+            "validation": Dataset.from_list(rows[3:6] + [dict(rows[0], summary="Another reference.")]),
+            "train": Dataset.from_list(rows[1:2] + rows[5:12])}
+    counts = drop_test_dialogues(kept)
+    assert kept["test"]["id"] == [row["id"] for row in rows[:4]]
+    assert kept["validation"]["id"] == [rows[4]["id"], rows[5]["id"]]
+    assert kept["train"]["id"] == [row["id"] for row in rows[6:12]]
+    assert counts == {"validation": {"dropped_in_test": 2},
+                      "train": {"dropped_in_test": 1, "dropped_in_validation": 1}}
+
+
+def test_a_header_only_csv_is_named_as_having_no_rows(tmp_path):
+    source = tmp_path / "chats.csv"
+    source.write_text("id,dialogue,summary\n")
+    with pytest.raises(DataError, match=r"chats\.csv: no rows to train on"):
+        load_raw_splits(FetchConfig(dataset=str(source)), seed=0)
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path):
+    source = tmp_path / "chats.csv"
+    write_rows(source, [{k: v for k, v in row.items() if k != "heated"} for row in fixture_rows(12)],
+               id="dialogue_id")
+    frame = pd.read_csv(source)[["dialogue", "summary", "dialogue_id"]]  # `dialogue` first, as Excel writes it
+    source.write_bytes(b"\xef\xbb\xbf" + frame.to_csv(index=False).encode())
+    splits = load_raw_splits(FetchConfig(dataset=str(source), id_column="dialogue_id"), seed=0)
+    assert sum(len(splits[name]) for name in SPLITS) == 12
+
+
 def test_row_caps_sample_each_split(tmp_path):
     source = write_rows(tmp_path / "train.jsonl", fixture_rows(30))
     splits = load_raw_splits(FetchConfig(dataset=str(source), max_train_rows=5, max_test_rows=2), seed=0)
@@ -70,8 +139,16 @@ def test_missing_local_file(tmp_path):
         load_raw_splits(FetchConfig(dataset=str(tmp_path / "nope.jsonl")), seed=0)
 
 
+def test_a_missing_relative_folder_says_so_rather_than_only_blaming_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"'mydata/chats' is no local file or folder \(from .*\)") as raised:
+        load_raw_splits(FetchConfig(dataset="mydata/chats"), seed=0)
+    assert "\n" not in str(raised.value)
+
+
 def test_unknown_hub_dataset_offline():
-    with pytest.raises(DataError, match="cannot load Hub dataset 'nobody/no-such-dataset'"):
+    with pytest.raises(DataError, match=r"fetch\.dataset: 'nobody/no-such-dataset' is no local file or folder .*"
+                                        r"and the Hub has no dataset of that name"):
         load_raw_splits(FetchConfig(dataset="nobody/no-such-dataset"), seed=0)
 
 

@@ -7,8 +7,10 @@ from datasets import Dataset
 
 from detoxsum.config import TrainLoraConfig
 from detoxsum.data import tokenize_split
-from detoxsum.errors import ParamsError
-from detoxsum.lora import attach_lora, lora_targets, top_layer_targets, train_lora
+from detoxsum.errors import ParamsError, TrainingDiverged
+from detoxsum.lora import (
+    DivergenceCallback, attach_lora, lora_targets, top_layer_targets, train_lora, whole_run_loss,
+)
 from detoxsum.modeling import load_model
 
 
@@ -51,6 +53,59 @@ def test_training_changes_only_the_adapter_and_lowers_loss(tiny_model_dir, tmp_p
     for name, tensor in base_model.state_dict().items():
         if "lora_" not in name and "base_layer" not in name:
             assert torch.equal(tensor, base_before[name]), name
+
+
+class State:
+    """The part of Trainer's state the callback reads: the step, and the log history it appends to."""
+
+    def __init__(self, history=()):
+        self.log_history = list(history)
+        self.global_step = self.log_history[-1]["step"] if self.log_history else 0
+
+    def log(self, callback, entry):
+        self.global_step += 1
+        self.log_history.append({**entry, "step": self.global_step})
+        callback.on_log(None, self, None, logs=entry)
+
+
+@pytest.mark.parametrize(("logs", "message"), [
+    ([{"loss": 2.5}, {"loss": float("nan")}], r"step 2: loss is nan"),
+    ([{"loss": 2.5, "grad_norm": float("inf")}], r"step 1: grad_norm is inf"),
+    ([{"loss": 2.5}, {"loss": 2.1}, {"loss": 10.8}], r"step 3: loss 10.8, up from 2.5"),
+])
+def test_divergence_stops_training_naming_the_step_and_the_learning_rate(logs, message):
+    callback, state = DivergenceCallback(lr=1000.0), State()
+    with pytest.raises(TrainingDiverged, match=message + r".*lower train_lora\.lr \(now 1000\)"):
+        for entry in logs:
+            state.log(callback, entry)
+
+
+def test_a_resumed_run_compares_its_loss_with_the_start_of_the_run():
+    state = State([{"loss": 2.5, "step": 1}, {"loss": 2.4, "step": 2}])  # from the checkpoint
+    with pytest.raises(TrainingDiverged, match=r"step 3: loss 9, up from 2.5"):
+        state.log(DivergenceCallback(lr=1.0), {"loss": 9.0})
+
+
+def test_a_noisy_but_healthy_loss_is_not_divergence():
+    callback, state = DivergenceCallback(lr=1e-3), State()
+    for loss in [0.02, 0.05, 0.9, 2.0, 1.5]:  # 100x a tiny start, but < 2 nats up
+        state.log(callback, {"loss": loss, "grad_norm": 3.0})
+
+
+def test_whole_run_loss_weights_each_logged_window_by_its_steps():
+    history = [{"loss": 4.0, "step": 3}, {"eval_loss": 9.0, "step": 3}, {"loss": 1.0, "step": 4}]
+    assert whole_run_loss(history) == pytest.approx((4.0 * 3 + 1.0) / 4)
+
+
+def test_a_huge_learning_rate_fails_train_lora_before_any_adapter_exists(tiny_model_dir, tmp_path):
+    """Tiny random models saturate rather than blow up; 1e38 overflows float32 within two Adam steps."""
+    model, tokenizer, family = load_model(tiny_model_dir)
+    features = tokenize_split(Dataset.from_list(fixture_rows(8)), tokenizer, family,
+                              "Summarize: {dialogue}\nSummary:", 64, 16)
+    cfg = TrainLoraConfig(r=4, alpha=8, dropout=0.0, lr=1e38, epochs=1, max_steps=6, batch_size=4,
+                          logging_steps=1, eval_steps=100)
+    with pytest.raises(TrainingDiverged, match=r"train_lora diverged at step [1-6]: .* is nan; lower train_lora\.lr \(now 1e\+38\)"):
+        train_lora(model, tokenizer, family, features, features, cfg, seed=0, precision="fp32", work_dir=tmp_path)
 
 
 def test_saved_adapter_config_lists_targets_in_sorted_order(tiny_llama_dir, tmp_path):

@@ -30,6 +30,13 @@ def test_fit_dialogue_respects_budget_and_keeps_instruction(tiny_model_dir):
     assert "#Person1#: Hi." in short
 
 
+def test_a_prompt_may_hold_other_braces_such_as_a_json_example(tiny_model_dir):
+    _, tokenizer, family = load_model(tiny_model_dir)
+    template = 'Summarize as JSON like {"summary": "..."}.\n{dialogue}\nJSON:'
+    prompt = fit_dialogue(tokenizer, family, template, "#Person1#: Hi {there}.", max_source_tokens=200)
+    assert '{"summary": "..."}' in prompt and "#Person1#: Hi {there}." in prompt
+
+
 def test_a_response_ends_at_its_first_end_token_for_evaluation_and_ppo_alike(tiny_t5_dir):
     """End of turn, eos or padding ends a response; the mask PPO trains on covers exactly the
     tokens of the text that evaluation (and the reward model) reads."""

@@ -57,7 +57,10 @@ from detoxsum.ppo.rollout import (
     render_prompts,
     sample_responses,
 )
-from detoxsum.ppo.trainer import collect_rollout, minibatch_update, next_beta, ppo_epochs, train_ppo
+from detoxsum.errors import TrainingDiverged
+from detoxsum.ppo.trainer import (
+    collect_rollout, minibatch_update, next_beta, ppo_epochs, stop_if_diverged, train_ppo,
+)
 
 
 SHORT_BASE = BaseConfig(max_source_tokens=48)
@@ -372,6 +375,24 @@ def test_reward_clip_clips_the_raw_scores_before_the_leave_one_out_baseline(tiny
                                           reward_baseline="leave_one_out", samples_per_prompt=2, reward_clip=4.0)
     # clipped: 4, 1, -3, 2; each against its sibling (clipping the differences would give 4, -4, -4, 4)
     torch.testing.assert_close(relative.scores, torch.tensor([3.0, -3.0, -5.0, 5.0]))
+
+
+def test_a_non_finite_step_statistic_stops_ppo_naming_the_step_and_the_learning_rate():
+    healthy = {"reward_mean": -0.1, "policy_loss": 0.01, "value_loss": 0.002, "kl": 0.3, "approx_kl": 0.004,
+               "grad_norm_max": 0.8}
+    stop_if_diverged(healthy, step=3, lr=5e-4)
+    with pytest.raises(TrainingDiverged, match=r"^train_ppo diverged at step 3: reward_mean nan, grad_norm_max inf; "
+                                               r"lower train_ppo\.lr \(now 0\.0005\)"):
+        stop_if_diverged({**healthy, "reward_mean": float("nan"), "grad_norm_max": float("inf")}, step=3, lr=5e-4)
+
+
+def test_a_huge_learning_rate_stops_train_ppo(tiny_model_dir):
+    cfg = TrainPPOConfig(steps=4, batch_size=4, minibatch_size=2, ppo_epochs=2, lr=1e30, max_new_tokens=6,
+                         reward_baseline="none", early_stop_approx_kl=None)
+    ppo = build_ppo_model(tiny_model_dir, [], cfg)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(4)], ppo, SHORT_BASE)
+    with pytest.raises(TrainingDiverged, match=r"train_ppo diverged at step [1-4]: .*train_ppo\.lr \(now 1e\+30\)"):
+        train_ppo(ppo, prompts, text_length, cfg, seed=0)
 
 
 @pytest.mark.parametrize(("reward_baseline", "top_layers"),

@@ -63,3 +63,28 @@ def test_bad_recipe_is_rejected_before_writing(tmp_path):
     with pytest.raises(ParamsError, match=r"train_lora\.rank"):
         apply_recipe(recipe, params)
     assert params.read_text() == before
+
+
+def test_a_recipe_that_changes_nothing_leaves_params_yaml_byte_for_byte_and_its_mode(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    params.chmod(0o644)
+    recipe = tmp_path / "same.yaml"
+    recipe.write_text("base:\n  seed: 42\n")
+    apply_recipe(recipe, params)
+    assert params.read_text() == (REPO / "params.yaml").read_text()  # lists keep their indentation
+    assert params.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train_lora: [unclosed\n", r"bad\.yaml: not valid YAML: .* at line \d+, column \d+$"),
+    ("- just\n- a list\n", r"bad\.yaml: top level must be a mapping of stage names, found a "),
+])
+def test_a_recipe_that_is_no_yaml_mapping_is_one_line(tmp_path, text, message):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ParamsError, match=message) as raised:
+        apply_recipe(recipe, params)
+    assert "\n" not in str(raised.value)

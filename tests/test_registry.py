@@ -210,3 +210,16 @@ def test_stage_registers_once_per_result(tmp_path, adapters, tiny_llama_dir):
     assert version.tags["base_model"] == str(tiny_llama_dir) and version.tags["git_commit"] == "unknown"
     # fetch.model is a local folder, so the version carries the weights
     assert list(Path(workspace, "mlruns").rglob("model.safetensors"))
+
+
+def test_two_registrations_at_once_both_land_with_distinct_versions(registry, adapters, tiny_llama_dir):
+    """Queued experiments run side by side (`dvc queue start -j 2`) and may register together."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    runs = [pipeline_run(commit * 40, 20.0 + index, 0.10, adapters, tiny_llama_dir)
+            for index, commit in enumerate("ef")]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(register, [registry, registry], runs))
+    assert sorted(result["version"] for result in results) == [1, 2]
+    assert version_count(registry) == 2 and aliases(registry)[CANDIDATE] in (1, 2)

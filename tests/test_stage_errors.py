@@ -56,6 +56,19 @@ def test_unknown_model_offline(workdir):
     assert_no_fetch_outputs(workdir)
 
 
+def test_missing_local_model_folder(workdir):
+    set_params(workdir, fetch={"model": str(workdir / "models" / "mine")})
+    assert_one_error(run_stage_module("fetch", workdir), "fetch.model", "models/mine: no such folder")
+    assert_no_fetch_outputs(workdir)
+
+
+def test_header_only_csv(workdir):
+    (workdir / "chats.csv").write_text("id,dialogue,summary,heated\n")
+    set_params(workdir, fetch={"dataset": str(workdir / "chats.csv")})
+    assert_one_error(run_stage_module("fetch", workdir), "chats.csv", "no rows to train on")
+    assert_no_fetch_outputs(workdir)
+
+
 def test_unknown_params_key(workdir):
     set_params(workdir, fetch={"modle": "x"})
     assert_one_error(run_stage_module("fetch", workdir), "fetch.modle")
@@ -73,3 +86,15 @@ def test_empty_split_after_filtering(workdir):
     set_params(workdir, filter={"min_chars": 5000, "max_chars": 6000})
     assert_one_error(run_stage_module("filter", workdir), "no rows left after filtering", "filter.min_chars")
     assert not (workdir / "data" / "filtered").exists() and not (workdir / "metrics" / "filter.json").exists()
+
+
+def test_a_train_lora_that_fails_before_training_leaves_the_tracked_curves(workdir):
+    for stage in ("fetch", "filter", "tokenize"):
+        assert run_stage_module(stage, workdir).returncode == 0
+    curves = workdir / "dvclive" / "train_lora" / "plots" / "metrics"
+    curves.mkdir(parents=True)
+    (curves / "loss.tsv").write_text("step\tloss\n0\t2.5\n")
+    set_params(workdir, train_lora={"target_modules": ["nonexistent_proj"]})
+    assert_one_error(run_stage_module("train_lora", workdir), "train_lora.target_modules", "nonexistent_proj")
+    assert (curves / "loss.tsv").read_text() == "step\tloss\n0\t2.5\n"
+    assert not (workdir / "artifacts" / "lora").exists()

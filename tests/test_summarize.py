@@ -100,6 +100,42 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, content, name, args, frag
     assert_one_error(status, err, *fragments)
 
 
+@pytest.mark.parametrize("data, name, fragments", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "chat.txt", ["chat.txt", "binary data"]),
+    ("#Person1#: Caf\u00e9?".encode("latin-1"), "chat.txt", ["chat.txt", "not UTF-8"]),
+])
+def test_binary_or_undecodable_input_is_refused(tmp_path, capsys, data, name, fragments):
+    (tmp_path / name).write_bytes(data)
+    status, _, err = summarize([str(tmp_path / name), "--model", str(tmp_path)], capsys)
+    assert_one_error(status, err, *fragments)
+
+
+def test_a_missing_model_path_is_named_and_creates_no_registry(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "chats.txt").write_text(DIALOGUES[0])
+    status, _, err = summarize(["chats.txt", "--model", str(tmp_path / "no-such-model")], capsys)
+    assert_one_error(status, err, "no-such-model", "no such folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats.txt"]
+
+
+def test_csv_keeps_a_row_per_input_row_with_or_without_bom_and_long_cells(workspace, tmp_path, capsys):
+    rows = [{"id": "a", "dialogue": DIALOGUES[0]}, {"id": "b", "dialogue": " "},
+            {"id": "c", "dialogue": DIALOGUES[1] + " " + "la " * 50_000}]  # 150,000 characters
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["id", "dialogue"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    source = tmp_path / "chats.csv"
+    source.write_bytes(b"\xef\xbb\xbf" + buffer.getvalue().encode())
+    status, out, err = summarize([str(source), "--model", str(workspace)], capsys)
+    assert status == 0, err
+    written = list(csv.DictReader(io.StringIO(out)))
+    assert [row["id"] for row in written] == ["a", "b", "c"]
+    assert written[1]["summary"] == ""
+    assert "warning: empty dialogue in row 2: its summary is empty" in err  # row 2 alone
+
+
 def test_model_folder_that_is_no_model_names_the_folder(tmp_path, capsys):
     source = tmp_path / "chats.txt"
     source.write_text(DIALOGUES[0])
@@ -129,3 +165,9 @@ def test_champion_from_the_registry_on_stdin(workspace, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "detoxsum", "summarize", "--model", "models:/nobody@champion"],
                              cwd=tmp_path, env=env, input=DIALOGUES[0], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("error: unknown model URI")
+
+
+def test_binary_data_on_stdin_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(bytes(range(256)) * 16)))
+    status, _, err = summarize(["-", "--model", str(tmp_path)], capsys)
+    assert_one_error(status, err, "<stdin>", "binary data")

@@ -46,7 +46,7 @@ def summarize_command(args: argparse.Namespace) -> None:
     input_format = format_of(args.input, args.format)
     records = read_records(args.input, input_format, args.column)  # before loading: bad input fails fast
     summarize = load_summarize(args.model or default_model_uri())
-    summaries = summarize([record[args.column] for record in records], len(records) > LONG_INPUT)
+    summaries = summarize_nonempty(summarize, [record[args.column] for record in records])
     output_format = SUFFIX_FORMATS.get(Path(args.output).suffix.lower(), input_format) if args.output else input_format
     text = render(records, summaries, output_format)
     if args.output:
@@ -54,6 +54,20 @@ def summarize_command(args: argparse.Namespace) -> None:
         print(f"summarize: {len(summaries)} summaries -> {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+
+
+def summarize_nonempty(summarize: Summarize, dialogues: list[str]) -> list[str]:
+    """One summary per dialogue; an empty dialogue gets an empty summary (and a warning), so every
+    input row keeps its output row."""
+    filled = [index for index, dialogue in enumerate(dialogues) if dialogue.strip()]
+    if len(filled) < len(dialogues):
+        rows = ", ".join(str(index + 1) for index, dialogue in enumerate(dialogues) if not dialogue.strip())
+        print(f"warning: empty dialogue in row {rows}: its summary is empty", file=sys.stderr)
+    summaries = [""] * len(dialogues)
+    if filled:
+        for index, summary in zip(filled, summarize([dialogues[i] for i in filled], len(filled) > LONG_INPUT)):
+            summaries[index] = summary
+    return summaries
 
 
 def default_model_uri() -> str:
@@ -66,6 +80,9 @@ def load_summarize(model: str) -> Summarize:
     folder = Path(model)
     if folder.is_dir() and not (folder / "MLmodel").is_file():
         return workspace_summarizer(folder).summarize
+    if ":/" not in model and not folder.exists():  # neither a URI (models:/, runs:/, s3://) nor a folder
+        raise ModelLoadError(f"--model {model}: no such folder, and not an MLflow model URI such as "
+                             "models:/detoxsum-summarizer@champion")
     from detoxsum.registry import load_model  # imports MLflow: only when a logged model is asked for
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps one bar: ours

@@ -40,6 +40,8 @@ class BaseConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        # numpy's and torch's generators take seeds in 0 .. 2**32 - 1
+        _require(0 <= self.seed < 2**32, "base.seed", f"must be in 0 .. 4294967295, got {self.seed}")
         _require(self.num_processes >= 1, "base.num_processes", "must be >= 1")
         _require("{dialogue}" in self.prompt, "base.prompt", "must contain the placeholder {dialogue}")
         _require(self.max_source_tokens >= 16, "base.max_source_tokens", "must be >= 16")
@@ -107,6 +109,9 @@ class TrainLoraConfig:
     warmup_steps: float = 0.0  # an int counts steps, a float in [0, 1) is a fraction of all steps
     logging_steps: int = 5
     eval_steps: int = 10
+    # Save a resumable checkpoint (adapter, optimizer, scheduler, RNG) every N optimizer steps to
+    # checkpoints/train_lora/: a killed run continues from the last one.
+    checkpoint_steps: int = 5
 
     def __post_init__(self) -> None:
         _require(self.r > 0, "train_lora.r", "must be > 0")
@@ -114,7 +119,7 @@ class TrainLoraConfig:
         _require(0 <= self.dropout < 1, "train_lora.dropout", "must be in [0, 1)")
         _require(self.lr > 0, "train_lora.lr", "must be > 0")
         _require(self.epochs > 0 or self.max_steps > 0, "train_lora.epochs", "must be > 0 unless max_steps > 0")
-        for key in ("batch_size", "grad_accum", "logging_steps", "eval_steps"):
+        for key in ("batch_size", "grad_accum", "logging_steps", "eval_steps", "checkpoint_steps"):
             _require(getattr(self, key) > 0, f"train_lora.{key}", "must be > 0")
 
 
@@ -158,6 +163,8 @@ class EvaluateConfig:
     )
 
     def __post_init__(self) -> None:
+        _require(self.max_test_rows is None or self.max_test_rows > 0, "evaluate.max_test_rows",
+                 f"must be null (every test dialogue) or > 0, got {self.max_test_rows}")
         _require(self.toxicity_samples >= 1, "evaluate.toxicity_samples", f"must be >= 1, got {self.toxicity_samples}")
         _require(0 < self.top_p <= 1, "evaluate.top_p", f"must be in (0, 1], got {self.top_p}")
         _require(self.bootstrap_resamples >= 100, "evaluate.bootstrap_resamples", "must be >= 100")
@@ -224,7 +231,9 @@ class TrainPPOConfig:
     whiten_advantages: bool = True
     reward_clip: float | None = None
     max_grad_norm: float = 1.0
-    early_stop_approx_kl: float | None = 1.0  # stop the epoch loop once approx KL exceeds this
+    # Stop a step's epochs once a minibatch update moved the policy this far from the one that
+    # sampled the batch (approx KL measured after the optimizer step).
+    early_stop_approx_kl: float | None = 0.02
     # Train on the N training dialogues the reward model scores lowest (the most toxic), so every
     # rollout batch carries a detox signal; null uses every training dialogue.
     hardest_prompts: int | None = None
@@ -243,6 +252,9 @@ class TrainPPOConfig:
     # prefix (potential-based shaping, ppo.prefix_shaped_scores; needs reward_baseline: none);
     # "none": the whole score at the last token.
     reward_shaping: str = "none"
+    # Save the run's whole state (weights, optimizer, RNGs, step) every N steps to
+    # checkpoints/train_ppo/: a killed run continues from the last one.
+    checkpoint_steps: int = 4
     reward: RewardSpec = field(default_factory=RewardSpec)
 
     def __post_init__(self) -> None:
@@ -258,7 +270,8 @@ class TrainPPOConfig:
         # baseline would land on a single token and teach it the dialogue's toxicity.
         _require(self.reward_shaping == "none" or self.reward_baseline == "none", "train_ppo.reward_shaping",
                  f"'prefix' needs train_ppo.reward_baseline: none, got {self.reward_baseline!r}")
-        for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "r", "alpha", "max_new_tokens"):
+        for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "r", "alpha", "max_new_tokens",
+                    "checkpoint_steps"):
             _require(getattr(self, key) > 0, f"train_ppo.{key}", "must be > 0")
         _require(self.batch_size % self.minibatch_size == 0, "train_ppo.minibatch_size",
                  f"must divide train_ppo.batch_size ({self.batch_size})")
@@ -322,6 +335,14 @@ STAGE_CONFIGS: dict[str, type] = {
 }
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser's error in one line: the problem and where (PyYAML and ruamel alike), not the
+    five-line excerpt their messages carry."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read a params file into a dict, with errors that name the file."""
     path = Path(path)
@@ -330,7 +351,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        raise ParamsError(f"{path}: not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: top level must be a mapping of stage names")
     unknown = sorted(set(params) - set(STAGE_CONFIGS))

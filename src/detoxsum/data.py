@@ -13,11 +13,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from detoxsum.config import FetchConfig, FilterConfig
-from detoxsum.errors import DataError
+from detoxsum.errors import DataError, first_line
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary")
@@ -41,6 +42,9 @@ def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
     else:
         frames = _hub_frames(source, cfg.dataset_config, cfg.trust_remote_code)
     splits = {name: normalise_columns(frame, cfg, origin) for name, (frame, origin) in frames.items()}
+    for name, (_frame, origin) in frames.items():
+        if name in ("all", "train") and len(splits[name]) == 0:
+            raise DataError(f"{origin}: no rows to train on (a header and nothing else?)")
     splits = complete_splits(splits, cfg, seed)
     caps = {"train": cfg.max_train_rows, "validation": cfg.max_validation_rows, "test": cfg.max_test_rows}
     return DatasetDict({name: _cap_rows(splits[name], caps[name], seed) for name in SPLITS})
@@ -52,13 +56,15 @@ def _looks_like_path(source: str) -> bool:
 
 def _local_frames(path: Path) -> dict[str, tuple[pd.DataFrame, str]]:
     if path.suffix == ".zip":
-        extracted = Path(tempfile.mkdtemp(prefix="detoxsum-zip-"))
-        try:
-            with zipfile.ZipFile(path) as archive:
-                archive.extractall(extracted)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{path}: not a readable zip file ({exc})") from exc
-        return _folder_frames(extracted, label=str(path))
+        # Tables are read whole into memory, so the extracted copy can go as soon as they are read,
+        # failure or not.
+        with tempfile.TemporaryDirectory(prefix="detoxsum-zip-") as extracted:
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(extracted)
+            except zipfile.BadZipFile as exc:
+                raise DataError(f"{path}: not a readable zip file ({exc})") from exc
+            return _folder_frames(Path(extracted), label=str(path))
     if path.is_dir():
         return _folder_frames(path, label=str(path))
     return {"all": (read_table(path), str(path))}
@@ -71,25 +77,30 @@ def _folder_frames(folder: Path, label: str) -> dict[str, tuple[pd.DataFrame, st
         split = SPLIT_ALIASES.get(re.split(r"[-_.]", file.stem.lower())[0])
         if split and split not in by_split:
             by_split[split] = file
+    def origin(file: Path) -> str:  # named from `label`: a zip's files are read from a temporary folder
+        return f"{label}/{file.relative_to(folder).as_posix()}"
+
     if not by_split and len(files) == 1:
-        return {"all": (read_table(files[0]), str(files[0]))}
+        return {"all": (read_table(files[0], origin(files[0])), origin(files[0]))}
     if "train" not in by_split:
         raise DataError(f"{label}: no training file found (expected a file named train.* with one of {DATA_SUFFIXES})")
-    return {split: (read_table(file), str(file)) for split, file in by_split.items()}
+    return {split: (read_table(file, origin(file)), origin(file)) for split, file in by_split.items()}
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read csv / json (array or lines) / jsonl / parquet with every column kept as text."""
+def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
+    """Read csv / json (array or lines) / jsonl / parquet with every column kept as text; errors
+    name the file as `label` (default: its path)."""
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
         text = path.read_text(encoding="utf-8")
         lines = path.suffix == ".jsonl" or not text.lstrip().startswith("[")
         return pd.read_json(path, lines=lines, dtype=False)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({exc})") from exc
+        raise DataError(f"{label or path}: cannot read as {path.suffix[1:]} ({exc})") from exc
 
 
 def _hub_frames(dataset_id: str, config_name: str | None, trust_remote_code: bool):
@@ -98,7 +109,8 @@ def _hub_frames(dataset_id: str, config_name: str | None, trust_remote_code: boo
     try:
         loaded = datasets.load_dataset(dataset_id, name=config_name, trust_remote_code=trust_remote_code)
     except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
-        raise DataError(f"fetch.dataset: cannot load Hub dataset {dataset_id!r} ({exc})") from exc
+        raise DataError(f"fetch.dataset: {dataset_id!r} is no local file or folder (from {Path.cwd()}), and the Hub "
+                        f"has no dataset of that name here ({first_line(exc)})") from exc
     frames = {}
     for name, split in loaded.items():
         canonical = SPLIT_ALIASES.get(name.lower())
@@ -156,18 +168,75 @@ def heated_of(split: Dataset) -> list[bool] | None:
 
 
 def complete_splits(splits: dict[str, Dataset], cfg: FetchConfig, seed: int) -> dict[str, Dataset]:
-    """Carve missing validation/test splits out of train (or out of a single unsplit file)."""
-    pool = splits.pop("all", None) or splits.pop("train")
+    """Carve missing validation/test splits out of train (or out of a single unsplit file).
+
+    Exact duplicate (dialogue, summary) rows go first, and rows that share a dialogue (one dialogue
+    with several references) are carved together, so no carved test dialogue is also in train.
+    """
+    pool = drop_duplicate_pairs(splits.pop("all") if "all" in splits else splits.pop("train"))
     total = len(pool)
     for name, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
         if name not in splits:
             if len(pool) < 3:
                 raise DataError(f"fetch.dataset: too few rows ({len(pool)}) to carve out a {name} split")
             size = max(1, round(total * fraction))  # a fraction of all rows, not of what is left
-            parts = pool.train_test_split(test_size=size, seed=seed)
-            pool, splits[name] = parts["train"], parts["test"]
+            pool, splits[name] = carve_by_dialogue(pool, size, seed)
     splits["train"] = pool
     return splits
+
+
+def normalised(text: str) -> str:
+    """Text compared up to whitespace (line breaks, doubled spaces)."""
+    return " ".join(text.split())
+
+
+def drop_duplicate_pairs(split: Dataset) -> Dataset:
+    """The first row of each (dialogue, summary) pair, compared up to whitespace."""
+    seen: set[tuple[str, str]] = set()
+    keep = []
+    for index, (dialogue, summary) in enumerate(zip(split["dialogue"], split["summary"])):
+        key = (normalised(dialogue), normalised(summary))
+        if key not in seen:
+            seen.add(key)
+            keep.append(index)
+    return split if len(keep) == len(split) else split.select(keep)
+
+
+def carve_by_dialogue(pool: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(rest, carved): whole dialogues, drawn at random with `seed`, until `size` rows are carved."""
+    rows_of: dict[str, list[int]] = {}
+    for index, dialogue in enumerate(pool["dialogue"]):
+        rows_of.setdefault(normalised(dialogue), []).append(index)
+    groups = list(rows_of.values())
+    order = np.random.default_rng(seed).permutation(len(groups))
+    carved: list[int] = []
+    for group in order:
+        if len(carved) >= size or len(carved) + len(groups[group]) >= len(pool):
+            break
+        carved += groups[group]
+    if not carved:
+        raise DataError(f"fetch.dataset: every row shares one dialogue; cannot carve out a split of {size} rows")
+    chosen = set(carved)
+    return pool.select([i for i in range(len(pool)) if i not in chosen]), pool.select(sorted(carved))
+
+
+def drop_test_dialogues(kept: dict[str, Dataset]) -> dict[str, dict[str, int]]:
+    """Remove from validation the dialogues that are in test, and from train those in test or
+    validation (in place in `kept`), so the test split stays as published and nothing evaluated was
+    trained on. Returns the rows dropped per split and reason (SAMSum as distributed has 41 test
+    dialogues that are also in train)."""
+    counts: dict[str, dict[str, int]] = {}
+    held_out = {"test": {normalised(d) for d in kept["test"]["dialogue"]}}
+    for name in ("validation", "train"):
+        dialogues = [normalised(d) for d in kept[name]["dialogue"]]
+        remaining = list(range(len(dialogues)))
+        counts[name] = {}
+        for other, held in held_out.items():
+            counts[name][f"dropped_in_{other}"] = sum(dialogues[i] in held for i in remaining)
+            remaining = [i for i in remaining if dialogues[i] not in held]
+        kept[name] = kept[name].select(remaining)
+        held_out[name] = {dialogues[i] for i in remaining}
+    return counts
 
 
 def _cap_rows(split: Dataset, cap: int | None, seed: int) -> Dataset:
@@ -204,7 +273,7 @@ def filter_split(
 def _drop_reason(dialogue, summary, cfg, count_tokens, seen) -> str | None:
     if not dialogue.strip() or not summary.strip():
         return "empty"
-    key = (" ".join(dialogue.split()), " ".join(summary.split()))
+    key = (normalised(dialogue), normalised(summary))
     if key in seen:
         return "duplicate"
     seen.add(key)

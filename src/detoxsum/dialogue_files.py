@@ -39,20 +39,33 @@ def format_of(path: str, explicit: str | None, fallback: str = "text") -> str:
 
 
 def read_records(path: str, file_format: str, column: str = "dialogue") -> list[dict]:
-    """Rows to summarize, each with the dialogue under `column` (other fields are kept)."""
+    """Rows to summarize, each with the dialogue under `column` (other fields are kept). CSV and
+    JSON lines keep every row, an empty dialogue too, so the output has one row per input row."""
     name = "<stdin>" if path == STDIO else path
-    text = sys.stdin.read() if path == STDIO else read_file(path)
+    text = decode_text(sys.stdin.buffer.read() if path == STDIO else read_file(path), name)
     records = {"text": parse_text, "jsonl": parse_jsonl, "csv": parse_csv}[file_format](text, name, column)
     if not records:
         raise DataError(f"{name}: no dialogues found (empty input)")
     return records
 
 
-def read_file(path: str) -> str:
+def read_file(path: str) -> bytes:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{path}: file not found")
-    return file.read_text(encoding="utf-8")
+    return file.read_bytes()
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """UTF-8 text, with or without a byte-order mark; binary or other encodings are refused rather
+    than summarized as garbage."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{name}: binary data, not text (a NUL byte at offset {nul})")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: not UTF-8 text (byte {exc.start}); convert it, e.g. iconv -t UTF-8") from None
 
 
 def parse_text(text: str, name: str, column: str) -> list[dict]:
@@ -77,12 +90,17 @@ def parse_jsonl(text: str, name: str, column: str) -> list[dict]:
 
 
 def parse_csv(text: str, name: str, column: str) -> list[dict]:
+    csv.field_size_limit(2**31 - 1)  # the default (131,072 characters) rejects a long dialogue
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None:
-        return []
-    if column not in reader.fieldnames:
-        raise DataError(f"{name}: missing column '{column}' (set --column); columns found: {', '.join(reader.fieldnames)}")
-    return [row for row in reader if (row.get(column) or "").strip()]
+    try:
+        if reader.fieldnames is None:
+            return []
+        if column not in reader.fieldnames:
+            raise DataError(f"{name}: missing column '{column}' (set --column); "
+                            f"columns found: {', '.join(reader.fieldnames)}")
+        return [{key: value or "" for key, value in row.items()} for row in reader]
+    except csv.Error as exc:
+        raise DataError(f"{name} line {reader.line_num}: not readable as CSV ({exc})") from None
 
 
 def render(records: list[dict], summaries: list[str], file_format: str) -> str:

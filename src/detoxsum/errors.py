@@ -1,6 +1,12 @@
 """The exceptions a user can fix: each message names the file, column or params key at fault."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages often run to several), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class PipelineError(Exception):
     """Bad input or configuration; stages print it as one line and exit non-zero."""
 
@@ -15,3 +21,8 @@ class DataError(PipelineError, ValueError):
 
 class ModelLoadError(PipelineError, OSError):
     """A model or tokenizer that cannot be found or loaded."""
+
+
+class TrainingDiverged(PipelineError, ArithmeticError):
+    """A loss, reward or gradient norm that became NaN/inf or ran far above where it started: the
+    message names the step and the params key most likely at fault (a learning rate)."""

@@ -6,17 +6,21 @@ minutes and the saved adapter is a few MB. Loss curves go to DVCLive for `dvc pl
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from dvclive import Live
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import DVCLiveCallback
 
+from detoxsum.checkpoints import last_trainer_checkpoint
 from detoxsum.config import TrainLoraConfig
-from detoxsum.errors import ParamsError
+from detoxsum.errors import ParamsError, TrainingDiverged
 from detoxsum.modeling import IGNORE_INDEX, Family
 
 # Attention query/value projections per architecture (the LoRA paper's default placement,
@@ -33,16 +37,86 @@ DEFAULT_TARGETS = {
 
 
 class StepAlignedDVCLiveCallback(DVCLiveCallback):
-    """DVCLive logging whose x axis is the trainer's global step.
+    """DVCLive logging whose x axis is the trainer's global step, opened only when training begins.
 
     The stock callback advances DVCLive's step once per log call, so train and eval points logged
     at the same optimizer step land on different x values; pinning the step keeps curves aligned.
+    `Live()` empties its folder when it opens, so it is opened by `open_live` at the start of
+    training: a run that fails before (a bad target module, a batch size that does not divide)
+    leaves the previous run's git-tracked curves as they were. A resumed run opens a fresh `Live`
+    and replays the checkpoint's log history into it.
     """
+
+    def __init__(self, open_live: Callable[[], Live]):
+        super().__init__()
+        self.open_live = open_live
+
+    def setup(self, args, state, model):
+        opening = state.is_world_process_zero and self.live is None
+        if opening:
+            self.live = self.open_live()
+        super().setup(args, state, model)
+        if opening:
+            self.replay(args, state, state.log_history)
+
+    def replay(self, args, state, log_history):
+        """Log again what a resumed run's checkpoint remembers (its `log_history`), so the curves
+        are those of an uninterrupted run, without the steps the killed run logged after it."""
+        for entry in log_history:
+            logs = {key: value for key, value in entry.items() if key != "step"}
+            self.live.step = entry["step"]
+            super().on_log(args, state, None, logs=logs)
 
     def on_log(self, args, state, control, model=None, logs=None, **kwargs):
         if self.live is not None:
             self.live.step = state.global_step
+        if logs and "train_loss" in logs:  # Trainer's covers only the steps since a resume
+            logs = {**logs, "train_loss": whole_run_loss(state.log_history)}
         super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+
+def whole_run_loss(log_history: list[dict]) -> float:
+    """The mean training loss over every step of the run, from the logged window means.
+
+    Trainer's own `training_loss` averages only the steps of the current `train()` call, so after a
+    resume it would leave out the steps before the checkpoint.
+    """
+    total, last_step = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last_step)
+            last_step = entry["step"]
+    return total / last_step if last_step else float("nan")
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stops training with `TrainingDiverged` when a logged loss or gradient norm is NaN/inf, or the
+    training loss runs far above the first one logged: more than 3x it and at least 2 nats above
+    (a loss of ln(vocabulary) means the model predicts uniformly). Nothing is saved after that, so
+    no adapter of a diverged run reaches `artifacts/`."""
+
+    RATIO, MARGIN = 3.0, 2.0
+
+    def __init__(self, lr: float):
+        self.lr, self.first_loss = lr, None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        for key in ("loss", "grad_norm", "eval_loss"):
+            value = logs.get(key)
+            if value is not None and not math.isfinite(value):
+                self.fail(state.global_step, f"{key} is {value}")
+        loss = logs.get("loss")
+        if loss is None:
+            return
+        if self.first_loss is None:  # from the history, so a resumed run compares with the real start
+            self.first_loss = next(entry["loss"] for entry in state.log_history if "loss" in entry)
+        if loss > max(self.RATIO * self.first_loss, self.first_loss + self.MARGIN):
+            self.fail(state.global_step, f"loss {loss:.4g}, up from {self.first_loss:.4g} at the start")
+
+    def fail(self, step: int, what: str) -> None:
+        raise TrainingDiverged(f"train_lora diverged at step {step}: {what}; lower train_lora.lr "
+                               f"(now {self.lr:g}); no adapter was written")
 
 
 def lora_targets(model, configured: list[str] | None) -> list[str]:
@@ -123,6 +197,10 @@ def train_lora(
 ) -> tuple[PeftModel, dict[str, float]]:
     """Train a fresh LoRA adapter on tokenized features; returns the peft model and final metrics.
 
+    Checkpoints go to `work_dir` every `cfg.checkpoint_steps` steps (the last one kept); when
+    `work_dir` already holds one, training continues from it, with the optimizer, scheduler, RNG
+    states and data order restored, so it ends where an uninterrupted run would have.
+
     `precision` is a resolved one (`fp32`, `bf16`, `fp16`; see precision.py): Trainer's autocast,
     with loss scaling for fp16. Batches group dialogues of similar length, so less of each step is
     padding. `cfg.batch_size` is the batch of one optimizer step over all `processes` (data
@@ -145,7 +223,9 @@ def train_lora(
         logging_steps=cfg.logging_steps,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_steps,
+        save_total_limit=1,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),  # transformers requires it for bf16 on a CPU
@@ -164,13 +244,16 @@ def train_lora(
         eval_dataset=eval_set,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=callbacks or [],
+        callbacks=[DivergenceCallback(cfg.lr), *(callbacks or [])],
     )
-    result = trainer.train()
+    resume = last_trainer_checkpoint(work_dir)
+    if resume:
+        print(f"train_lora: resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate()
     trainable, total = peft_model.get_nb_trainable_parameters()
     metrics = {
-        "train_loss": round(float(result.training_loss), 4),
+        "train_loss": round(whole_run_loss(trainer.state.log_history), 4),
         "eval_loss": round(float(final_eval["eval_loss"]), 4),
         "train_runtime_s": round(float(result.metrics["train_runtime"]), 1),
         "steps": int(result.global_step),

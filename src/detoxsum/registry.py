@@ -14,10 +14,12 @@ fingerprint reuses that version instead of creating a new one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,13 +27,14 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from detoxsum.config import RegisterConfig
-from detoxsum.errors import DataError, ModelLoadError, ParamsError
+from detoxsum.errors import DataError, ModelLoadError, ParamsError, first_line
 from detoxsum.summarizer import GenerationSettings, load_summarizer
 
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -191,7 +194,7 @@ def load_model(uri: str, root: Path):
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
-        raise ModelLoadError(f"unknown model URI {uri!r} ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"unknown model URI {uri!r} ({first_line(exc)})") from exc
 
 
 # --- logging and registering a pipeline run -----------------------------------------------------
@@ -220,8 +223,25 @@ class PipelineRun:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def registry_lock(uri: str, root: Path) -> Iterator[None]:
+    """Hold `mlflow.db.lock` while registering into the embedded SQLite store: two queued experiments
+    registering at once (`dvc queue start -j 2`) would otherwise race to create the model, number
+    versions and move the champion alias. A tracking server orders requests itself."""
+    if uri != embedded_uri(root):
+        yield
+        return
+    with FileLock(str(root / "mlflow.db.lock")):
+        yield
+
+
 def register_pipeline_run(run: PipelineRun, cfg: RegisterConfig, uri: str, root: Path) -> dict:
     """Log + register `run` (or reuse its version), set `candidate`, gate `champion`; returns the decision."""
+    with registry_lock(uri, root):
+        return _register(run, cfg, uri, root)
+
+
+def _register(run: PipelineRun, cfg: RegisterConfig, uri: str, root: Path) -> dict:
     candidate_scores = gate_scores(run.metrics.get("evaluate", {}), cfg)
     client = connect(uri)
     fingerprint = run.fingerprint()
@@ -360,8 +380,3 @@ def _registered_model_exists(client: MlflowClient, model_name: str) -> bool:
     except MlflowException:
         return False
     return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -128,8 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", nargs="*", help="experiments to summarise (default: every one with metrics)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--all-commits", action="store_true",
+                        help="also experiments based on earlier commits (dvc exp show -A), e.g. a study "
+                             "queued before the last commit")
     args = parser.parse_args(argv)
-    shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    show = ["dvc", "exp", "show", "--json", *(["--all-commits"] if args.all_commits else [])]
+    shown = subprocess.run(show, capture_output=True, text=True)
     if shown.returncode != 0:
         raise DataError(f"dvc exp show failed: {shown.stderr.strip().splitlines()[-1:]}")
     runs = experiments_from_show(json.loads(shown.stdout))

@@ -6,14 +6,18 @@ arithmetic lives in `functional.py`, sampling and scoring passes in `rollout.py`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from detoxsum.checkpoints import load_state, save_state
 from detoxsum.config import TrainPPOConfig
-from detoxsum.errors import DataError
+from detoxsum.errors import DataError, TrainingDiverged
 from detoxsum.modeling import decode_responses, stop_token_ids
 from detoxsum.ppo.functional import (
     adaptive_beta,
@@ -148,7 +152,7 @@ def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rol
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(pg_loss + cfg.vf_coef * vf_loss).backward()
     scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(ppo.trainable_parameters(), cfg.max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(ppo.trainable_parameters(), cfg.max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     with torch.no_grad():
@@ -160,6 +164,8 @@ def minibatch_update(ppo: PPOModel, optimizer: torch.optim.Optimizer, batch: Rol
         "value_clip_fraction": vf_clip_fraction.item(),
         "approx_kl_before": approx_kl(logprobs.detach(), batch.logprobs, mask).item(),
         "approx_kl": approx_kl(logprobs_after, batch.logprobs, mask).item(),
+        # under fp16 an inf norm is loss scaling at work (the scaler skips that step), not divergence
+        "grad_norm": grad_norm.item() if not scaler.is_enabled() else 0.0,
     }
 
 
@@ -187,6 +193,7 @@ def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, beta: float, promp
     # 7. PPO epochs over shuffled minibatches
     started = time.perf_counter()
     updates = ppo_epochs(ppo, optimizer, rollout, cfg, generator, scaler)
+    stats["grad_norm_max"] = max(update.pop("grad_norm") for update in updates)  # checked, not logged
     stats.update({key: sum(update[key] for update in updates) / len(updates) for key in updates[0]})
     stats["approx_kl_max"] = max(update["approx_kl"] for update in updates)
     stats["minibatch_updates"] = len(updates)
@@ -197,30 +204,101 @@ def ppo_step(ppo: PPOModel, optimizer: torch.optim.Optimizer, beta: float, promp
 
 
 def train_ppo(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg: TrainPPOConfig, seed: int,
-              on_step: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Run `cfg.steps` PPO iterations on cycled batches of `prompts`; returns each step's statistics."""
+              on_step: Callable[[dict[str, float]], None] | None = None,
+              checkpoints: Path | None = None) -> list[dict[str, float]]:
+    """Run `cfg.steps` PPO iterations on cycled batches of `prompts`; returns each step's statistics.
+
+    With a `checkpoints` folder the run saves its whole state there every `cfg.checkpoint_steps`
+    steps, and continues from the state it finds there, ending where an uninterrupted run ends;
+    `on_step` then first sees the steps before the checkpoint again, so curves are complete.
+    """
     if not prompts:
         raise DataError("train_ppo: no training prompts")
     assert cfg.num_minibatches * cfg.minibatch_size == cfg.batch_size
+    on_step = on_step or (lambda stats: None)
     torch.manual_seed(seed)  # sampling in generate
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr, eps=ADAM_EPS, weight_decay=0.0)
     # fp16's narrow range underflows small gradients; bf16 and fp32 need no loss scaling
     scaler = torch.amp.GradScaler(ppo.device.type, enabled=ppo.precision == "fp16")
-    baselines = None
-    if cfg.reward_baseline == "greedy":
-        greedy = greedy_baselines(ppo, prompts, reward_fn, cfg.max_new_tokens, cfg.batch_size)
-        baselines = {prompt: clipped(torch.tensor(score), cfg).item() for prompt, score in greedy.items()}
-    batches = prompt_batches(prompts, cfg.batch_size, seed, cfg.samples_per_prompt)
-    beta, history = cfg.kl_coef, []
-    progress = tqdm(range(cfg.steps), desc="ppo", unit="step")
-    for _step in progress:
-        stats, beta = ppo_step(ppo, optimizer, beta, next(batches), reward_fn, cfg, generator, baselines, scaler)
-        history.append(stats)
-        progress.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
-        if on_step is not None:
+    saved = load_state(checkpoints) if checkpoints is not None else None
+    if saved is None:
+        loop = {"baselines": initial_baselines(ppo, prompts, reward_fn, cfg), "beta": cfg.kl_coef, "history": []}
+    else:
+        loop = restore(saved, ppo, optimizer, scaler, generator)
+        print(f"train_ppo: resuming from step {len(loop['history'])} ({checkpoints})")
+        for stats in loop["history"]:
             on_step(stats)
-    return history
+    batches = prompt_batches(prompts, cfg.batch_size, seed, cfg.samples_per_prompt)
+    for _done in loop["history"]:
+        next(batches)
+    progress = tqdm(range(len(loop["history"]), cfg.steps), desc="ppo", unit="step",
+                    initial=len(loop["history"]), total=cfg.steps)
+    for step in progress:
+        stats, loop["beta"] = ppo_step(ppo, optimizer, loop["beta"], next(batches), reward_fn, cfg, generator,
+                                       loop["baselines"], scaler)
+        stop_if_diverged(stats, step + 1, cfg.lr)
+        del stats["grad_norm_max"]
+        loop["history"].append(stats)
+        progress.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
+        on_step(stats)
+        if checkpoints is not None and (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < cfg.steps:
+            save_state(checkpoints, snapshot(ppo, optimizer, scaler, generator, loop))
+    return loop["history"]
+
+
+def initial_baselines(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn,
+                      cfg: TrainPPOConfig) -> dict[str, float] | None:
+    """Per-prompt reward baselines fixed for the run: the SFT model's greedy summary's (clipped)
+    score with `reward_baseline: greedy`, else None."""
+    if cfg.reward_baseline != "greedy":
+        return None
+    greedy = greedy_baselines(ppo, prompts, reward_fn, cfg.max_new_tokens, cfg.batch_size)
+    return {prompt: clipped(torch.tensor(score), cfg).item() for prompt, score in greedy.items()}
+
+
+def snapshot(ppo: PPOModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             generator: torch.Generator, loop: dict[str, Any]) -> dict[str, Any]:
+    """Everything the next step depends on: the trained weights (PPO adapter and value head), the
+    optimizer's moments, the loss scaler, every random number generator, and the loop's state."""
+    return {
+        "weights": [parameter.detach().cpu() for parameter in ppo.trainable_parameters()],
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+        **loop,
+    }
+
+
+def restore(saved: dict[str, Any], ppo: PPOModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            generator: torch.Generator) -> dict[str, Any]:
+    """Put a `snapshot` back in place; returns the loop's state (baselines, beta, history)."""
+    with torch.no_grad():
+        for parameter, weight in zip(ppo.trainable_parameters(), saved["weights"], strict=True):
+            parameter.copy_(weight)
+    optimizer.load_state_dict(saved["optimizer"])
+    if saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    generator.set_state(saved["generator"])
+    return {key: saved[key] for key in ("baselines", "beta", "history")}
+
+
+# The statistics of a step that must be finite; one that is not means the policy has diverged.
+FINITE_STATS = ("reward_mean", "policy_loss", "value_loss", "kl", "approx_kl", "grad_norm_max")
+
+
+def stop_if_diverged(stats: dict[str, float], step: int, lr: float) -> None:
+    """Raise `TrainingDiverged` naming the step and `train_ppo.lr` when a loss, the reward, the KL or
+    the gradient norm of a step is NaN or infinite (the adapter is then never saved)."""
+    broken = [f"{key} {stats[key]}" for key in FINITE_STATS if key in stats and not math.isfinite(stats[key])]
+    if broken:
+        raise TrainingDiverged(f"train_ppo diverged at step {step}: {', '.join(broken)}; lower train_ppo.lr "
+                               f"(now {lr:g}) or train_ppo.max_grad_norm; no adapter was written")
 
 
 def summarize_history(history: list[dict[str, float]], runtime_s: float) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""filter: drop empty, duplicate and out-of-length dialogues; count what was dropped and why.
+"""filter: drop empty, duplicate and out-of-length dialogues, and train/validation dialogues that
+are also in test; count what was dropped and why.
 
 Run: `python -m detoxsum.stages.filter`. Reads `filter` from params.yaml and `data/raw/`; writes
 `data/filtered/*.jsonl` and `metrics/filter.json` (kept/dropped counts per split and reason).
@@ -7,7 +8,7 @@ Run: `python -m detoxsum.stages.filter`. Reads `filter` from params.yaml and `da
 from pathlib import Path
 
 from detoxsum.config import load_stage_config
-from detoxsum.data import SPLITS, filter_split, read_jsonl_split
+from detoxsum.data import SPLITS, drop_test_dialogues, filter_split, read_jsonl_split
 from detoxsum.errors import DataError
 from detoxsum.modeling import load_tokenizer
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
@@ -27,6 +28,9 @@ def main() -> None:
     kept, counts = {}, {}
     for name in SPLITS:
         kept[name], counts[name] = filter_split(read_jsonl_split(RAW_DIR / f"{name}.jsonl"), cfg, count_tokens)
+    for name, leaked in drop_test_dialogues(kept).items():
+        counts[name].update(leaked, kept=len(kept[name]))
+    for name in SPLITS:
         if len(kept[name]) == 0:
             raise DataError(
                 f"{RAW_DIR / name}.jsonl: no rows left after filtering ({counts[name]}); "

@@ -2,16 +2,18 @@
 
 Run: `python -m detoxsum.stages.train_lora`. Reads `base` and `train_lora` from params.yaml,
 `artifacts/model/` and `data/tokenized/`; writes the adapter to `artifacts/lora/`, final losses to
-`metrics/train_lora.json`, and loss curves to `dvclive/train_lora/` (DVC plots).
+`metrics/train_lora.json`, and loss curves to `dvclive/train_lora/` (DVC plots). Checkpoints go to
+`checkpoints/train_lora/` every `train_lora.checkpoint_steps`; after a kill, `dvc repro` continues
+from the last one (see checkpoints.py), and they are removed once the adapter is written.
 """
 
-import tempfile
 from pathlib import Path
 
 from datasets import load_from_disk
 from dvclive import Live
 from transformers import set_seed
 
+from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint
 from detoxsum.config import load_stage_config
 from detoxsum.distributed import is_main_process, relaunch_if_parallel
 from detoxsum.errors import DataError
@@ -39,22 +41,27 @@ def main() -> None:
     model.to(device())
     precision = resolve_for_model(base.precision, model.config, model.device)
     main_process = is_main_process()  # one of several under `accelerate launch`: only rank 0 writes
-    callbacks = [StepAlignedDVCLiveCallback(live=open_live())] if main_process else []
-    with tempfile.TemporaryDirectory(prefix="detoxsum-trainer-") as work_dir:
-        peft_model, metrics = train_lora(
-            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
-            Path(work_dir), callbacks=callbacks, processes=base.num_processes,
-        )
+    # Everything the trained adapter depends on: a checkpoint of another run is never resumed.
+    run = fingerprint(cfg, base.seed, precision, base.num_processes, features["train"]._fingerprint,
+                      features["validation"]._fingerprint, model.config.to_dict())
+    work_dir = checkpoint_dir("train_lora", run)
+    callbacks = [StepAlignedDVCLiveCallback(open_live)] if main_process else []
+    peft_model, metrics = train_lora(
+        model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
+        work_dir, callbacks=callbacks, processes=base.num_processes,
+    )
     if not main_process:
         return
     metrics.update(precision=precision, num_processes=base.num_processes)
     with atomic_dir(ADAPTER_DIR) as tmp:
         peft_model.save_pretrained(tmp)
     write_json_atomic(METRICS_FILE, metrics)
+    discard(work_dir)
     print(f"train_lora: {metrics}")
 
 
 def open_live() -> Live:
+    """DVCLive for the loss curves (a resumed run replays its checkpoint's into it)."""
     return Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
 

@@ -3,7 +3,9 @@
 Run: `python -m detoxsum.stages.train_ppo`. Reads `base` and `train_ppo` from params.yaml, the fetched
 model, the SFT adapter and the training dialogues of `data/filtered/train.jsonl`; writes the PPO
 adapter and value head to `artifacts/ppo/`, a summary to `metrics/train_ppo.json` and per-step
-curves (reward, KL, entropy, clip fraction, ...) to `dvclive/train_ppo/` (DVC plots).
+curves (reward, KL, entropy, clip fraction, ...) to `dvclive/train_ppo/` (DVC plots). Every
+`train_ppo.checkpoint_steps` steps the run's state goes to `checkpoints/train_ppo/`; after a kill,
+`dvc repro` continues from it (see checkpoints.py), and it is removed once the adapter is written.
 
 The adapter loads back as `load_with_adapters("artifacts/model", ["artifacts/lora", "artifacts/ppo"])`.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 from dvclive import Live
 from transformers import AutoConfig, set_seed
 
+from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint, folder_digest
 from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
@@ -42,6 +45,9 @@ def main() -> None:
     precision = resolve_for_model(base.precision, AutoConfig.from_pretrained(MODEL_DIR), device())
     ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, precision).to(device())
     prompts = render_prompts(dialogues, ppo, base)
+    # Everything the trained adapter depends on: a checkpoint of another run is never resumed.
+    run = fingerprint(cfg, base.seed, precision, prompts, folder_digest(MODEL_DIR), folder_digest(LORA_DIR))
+    work_dir = checkpoint_dir("train_ppo", run)
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
     def log_step(stats: dict[str, float]) -> None:
@@ -50,12 +56,13 @@ def main() -> None:
         live.next_step()
 
     started = time.perf_counter()
-    history = train_ppo(ppo, prompts, reward_model.rewards, cfg, base.seed, on_step=log_step)
+    history = train_ppo(ppo, prompts, reward_model.rewards, cfg, base.seed, on_step=log_step, checkpoints=work_dir)
     summary = {**summarize_history(history, time.perf_counter() - started), "precision": precision}
     live.end()
     with atomic_dir(PPO_DIR) as tmp:
         save_ppo_model(ppo, tmp)
     write_json_atomic(METRICS_FILE, summary)
+    discard(work_dir)
     print(f"train_ppo: {summary}")
 
 
