@@ -57,9 +57,28 @@ def test_dvc_repro_runs_every_stage_then_nothing(family, project):
     assert "changed" not in run(["dvc", "status"], project).stdout
 
     if family == "llama":  # one family is enough for experiments and the registry
+        check_failed_training_keeps_the_tracked_outputs(project)
         check_registry_versions(project, [1])
         check_exp_run_changes_metrics_and_reruns_only_downstream(project)
         check_queued_sweep_registers_each_experiment(project)
+
+
+def check_failed_training_keeps_the_tracked_outputs(project):
+    """DVC deletes a stage's outputs before running it unless they persist: a training stage that
+    fails before training must leave its git-tracked curves and metrics as they were (its cached
+    outputs stay in the DVC cache, for `dvc checkout`)."""
+    params = (project / "params.yaml").read_text()
+    for stage in ("train_lora", "train_ppo"):
+        tracked = {path: path.read_bytes() for path in sorted((project / "dvclive" / stage).rglob("*"))
+                   if path.is_file()}
+        tracked[project / "metrics" / f"{stage}.json"] = (project / "metrics" / f"{stage}.json").read_bytes()
+        update_params(project, {stage: {"target_modules": ["nonexistent_proj"]}})
+        failed = run(["dvc", "repro", stage], project, check=False)
+        assert failed.returncode != 0 and "nonexistent_proj" in failed.stderr, failed.stderr[-2000:]
+        assert {path: path.read_bytes() for path in tracked} == tracked, stage
+        (project / "params.yaml").write_text(params)
+        run(["dvc", "checkout"], project)  # the cached outputs DVC removed before the run come back
+    assert "changed" not in run(["dvc", "status"], project).stdout
 
 
 def check_outputs(project, family):
