@@ -59,9 +59,10 @@ def summarize_command(args: argparse.Namespace) -> None:
 def summarize_nonempty(summarize: Summarize, dialogues: list[str]) -> list[str]:
     """One summary per dialogue; an empty dialogue gets an empty summary (and a warning), so every
     input row keeps its output row."""
-    filled = [index for index, dialogue in enumerate(dialogues) if dialogue.strip()]
-    if len(filled) < len(dialogues):
-        rows = ", ".join(str(index + 1) for index, dialogue in enumerate(dialogues) if not dialogue.strip())
+    empty = {index for index, dialogue in enumerate(dialogues) if not dialogue.strip()}
+    filled = [index for index in range(len(dialogues)) if index not in empty]
+    if empty:
+        rows = ", ".join(str(index + 1) for index in sorted(empty))
         print(f"warning: empty dialogue in row {rows}: its summary is empty", file=sys.stderr)
     summaries = [""] * len(dialogues)
     if filled:

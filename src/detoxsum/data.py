@@ -190,12 +190,17 @@ def normalised(text: str) -> str:
     return " ".join(text.split())
 
 
+def pair_key(dialogue: str, summary: str) -> tuple[str, str]:
+    """What makes two rows duplicates: the same dialogue and summary up to whitespace."""
+    return normalised(dialogue), normalised(summary)
+
+
 def drop_duplicate_pairs(split: Dataset) -> Dataset:
     """The first row of each (dialogue, summary) pair, compared up to whitespace."""
     seen: set[tuple[str, str]] = set()
     keep = []
     for index, (dialogue, summary) in enumerate(zip(split["dialogue"], split["summary"])):
-        key = (normalised(dialogue), normalised(summary))
+        key = pair_key(dialogue, summary)
         if key not in seen:
             seen.add(key)
             keep.append(index)
@@ -273,7 +278,7 @@ def filter_split(
 def _drop_reason(dialogue, summary, cfg, count_tokens, seen) -> str | None:
     if not dialogue.strip() or not summary.strip():
         return "empty"
-    key = (normalised(dialogue), normalised(summary))
+    key = pair_key(dialogue, summary)
     if key in seen:
         return "duplicate"
     seen.add(key)

@@ -42,11 +42,13 @@ def main() -> None:
     reward_model = build_reward_model(cfg.reward)
     dialogues = hardest_dialogues(list(read_jsonl_split(TRAIN_FILE)["dialogue"]), reward_model.rewards,
                                   cfg.hardest_prompts)
-    precision = resolve_for_model(base.precision, AutoConfig.from_pretrained(MODEL_DIR), device())
+    model_config = AutoConfig.from_pretrained(MODEL_DIR)
+    precision = resolve_for_model(base.precision, model_config, device())
     ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, precision).to(device())
     prompts = render_prompts(dialogues, ppo, base)
-    # Everything the trained adapter depends on: a checkpoint of another run is never resumed.
-    run = fingerprint(cfg, base.seed, precision, prompts, folder_digest(MODEL_DIR), folder_digest(LORA_DIR))
+    # Everything the trained adapter depends on: a checkpoint of another run is never resumed. Other
+    # base weights of the same architecture come with another SFT adapter, so its bytes cover them.
+    run = fingerprint(cfg, base.seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR))
     work_dir = checkpoint_dir("train_ppo", run)
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
