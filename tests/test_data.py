@@ -7,9 +7,10 @@ import pytest
 from conftest import fixture_rows
 from datasets import Dataset
 
-from detoxsum.config import FetchConfig, FilterConfig
+from detoxsum.config import FetchConfig, FilterConfig, HubRevisions
 from detoxsum.data import (
-    SPLITS, drop_test_dialogues, filter_split, group_references, load_raw_splits, normalised, tokenize_split,
+    SPLITS, drop_test_dialogues, filter_split, group_references, hub_commit, load_raw_splits, normalised,
+    split_words, tokenize_split,
 )
 from detoxsum.errors import DataError
 from detoxsum.modeling import IGNORE_INDEX, end_of_turn_id, load_model
@@ -54,6 +55,98 @@ def test_zip_of_split_files_with_renamed_columns(tmp_path):
     splits = load_raw_splits(cfg, seed=0)
     assert [len(splits[name]) for name in SPLITS] == [12, 3, 4]
     assert "\r" not in splits["train"][0]["dialogue"]
+
+
+@pytest.mark.parametrize("file_name, splits", [
+    ("train.jsonl", {"train"}), ("val.csv", {"validation"}), ("dialogsum_train.csv", {"train"}),
+    ("dialogsum_validation.csv", {"validation"}), ("samsum-test.json", {"test"}),
+    ("dialogsum.dev.jsonl", {"validation"}),
+    ("train-00000-of-00001.parquet", {"train"}), ("DialogSum_Test.csv", {"test"}),
+    ("contest.csv", set()), ("trainer.csv", set()), ("all.csv", set()), ("train_test.csv", {"train", "test"}),
+])
+def test_a_split_is_a_whole_word_anywhere_in_the_file_name(file_name, splits):
+    assert split_words(file_name) == splits
+
+
+def write_dialogsum_folder(folder):
+    """DialogSum as the circulating zip has it: dialogsum_{train,validation,test}.csv in one folder."""
+    folder.mkdir(parents=True)
+    for name, count in (("train", 12), ("validation", 3), ("test", 4)):
+        write_rows(folder / f"dialogsum_{name}.csv", fixture_rows(count, prefix=name))
+    return folder
+
+
+def zipped(folder, archive):
+    with zipfile.ZipFile(archive, "w") as handle:
+        for file in sorted(folder.rglob("*")):
+            handle.write(file, file.relative_to(folder.parent).as_posix())
+    return archive
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "zip"])
+def test_dialogsum_files_named_after_the_dataset_are_read_as_their_splits(tmp_path, packed):
+    source = write_dialogsum_folder(tmp_path / "DialogSum_Data")
+    if packed:
+        source = zipped(source, tmp_path / "dialogsum.zip")
+    splits = load_raw_splits(FetchConfig(dataset=str(source), heated_column=None), seed=0)
+    assert [len(splits[name]) for name in SPLITS] == [12, 3, 4]
+    assert splits["test"][0]["id"].startswith("test")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "zip"])
+def test_shards_of_one_split_are_read_together(tmp_path, packed):
+    folder = tmp_path / "hub-export" / "data"
+    folder.mkdir(parents=True)
+    write_rows(folder / "train-00000-of-00002.parquet", fixture_rows(6, seed=1, prefix="a"))
+    write_rows(folder / "train-00001-of-00002.parquet", fixture_rows(5, seed=2, prefix="b"))
+    write_rows(folder / "test-00000-of-00001.parquet", fixture_rows(4, prefix="test"))
+    source = zipped(folder.parent, tmp_path / "export.zip") if packed else folder.parent
+    splits = load_raw_splits(FetchConfig(dataset=str(source), heated_column=None, validation_fraction=0.1), seed=0)
+    assert len(splits["train"]) + len(splits["validation"]) == 11
+    assert {row_id[0] for name in ("train", "validation") for row_id in splits[name]["id"]} == {"a", "b"}
+    assert len(splits["test"]) == 4
+
+
+def test_words_that_only_contain_a_split_name_are_not_splits(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_rows(folder / "train.csv", fixture_rows(12, prefix="train"))
+    write_rows(folder / "trainer.csv", fixture_rows(30, prefix="trainer"))
+    write_rows(folder / "contest.csv", fixture_rows(30, prefix="contest"))
+    splits = load_raw_splits(FetchConfig(dataset=str(folder), heated_column=None), seed=0)
+    assert sum(len(splits[name]) for name in SPLITS) == 12
+
+
+def test_an_ambiguous_folder_is_one_error_that_lists_every_file_at_fault(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "old").mkdir(parents=True)
+    for name in ("train.csv", "old/dialogsum_train.csv", "train_test.csv", "validation-00000-of-00002.parquet"):
+        write_rows(folder / name, fixture_rows(5))
+    with pytest.raises(DataError) as raised:
+        load_raw_splits(FetchConfig(dataset=str(folder), heated_column=None), seed=0)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{folder}: cannot tell the splits apart")
+    for named in ("train: old/dialogsum_train.csv, train.csv", "train_test.csv names test and train",
+                  "validation: validation-00000-of-00002.parquet"):
+        assert named in message
+
+
+def test_a_folder_without_a_training_file_lists_what_it_found(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_rows(folder / "dialogsum_test.csv", fixture_rows(5))
+    write_rows(folder / "notes.csv", fixture_rows(5))
+    with pytest.raises(DataError, match=r"corpus: no training file found .*found dialogsum_test\.csv, notes\.csv\)"):
+        load_raw_splits(FetchConfig(dataset=str(folder), heated_column=None), seed=0)
+
+
+def test_shards_with_different_columns_name_the_odd_shard(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_rows(folder / "train-00000-of-00002.parquet", fixture_rows(5))
+    write_rows(folder / "train-00001-of-00002.parquet", fixture_rows(5), summary="abstract")
+    with pytest.raises(DataError, match=r"train-00001-of-00002\.parquet: columns .* differ from .*train-00000-of-00002"):
+        load_raw_splits(FetchConfig(dataset=str(folder), heated_column=None), seed=0)
 
 
 def test_a_zip_leaves_no_extracted_copy_and_errors_name_the_file_inside_it(tmp_path, monkeypatch):
@@ -139,17 +232,23 @@ def test_missing_local_file(tmp_path):
         load_raw_splits(FetchConfig(dataset=str(tmp_path / "nope.jsonl")), seed=0)
 
 
-def test_a_missing_relative_folder_says_so_rather_than_only_blaming_the_hub(tmp_path, monkeypatch):
+def test_a_missing_relative_folder_names_the_folder_it_was_looked_up_from(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match=r"'mydata/chats' is no local file or folder \(from .*\)") as raised:
+    with pytest.raises(DataError, match=r"fetch\.dataset: mydata/chats: no such file or folder \(from .*\)") as raised:
         load_raw_splits(FetchConfig(dataset="mydata/chats"), seed=0)
     assert "\n" not in str(raised.value)
 
 
+def test_a_hub_id_in_fetch_dataset_points_to_fetch_hub_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"fetch\.dataset: knkarthick/dialogsum: no such file .*fetch\.hub_dataset"):
+        load_raw_splits(FetchConfig(dataset="knkarthick/dialogsum"), seed=0)
+
+
 def test_unknown_hub_dataset_offline():
-    with pytest.raises(DataError, match=r"fetch\.dataset: 'nobody/no-such-dataset' is no local file or folder .*"
-                                        r"and the Hub has no dataset of that name"):
-        load_raw_splits(FetchConfig(dataset="nobody/no-such-dataset"), seed=0)
+    with pytest.raises(DataError, match=r"fetch\.hub_dataset: the Hub has no dataset 'nobody/no-such-dataset' "
+                                        r"at revision 'v1' here \(.+\)"):
+        load_raw_splits(FetchConfig(hub_dataset="nobody/no-such-dataset", revision=HubRevisions(dataset="v1")), seed=0)
 
 
 def test_filter_counts_each_reason_and_keeps_multi_reference_rows():
@@ -216,3 +315,19 @@ def test_heated_column_becomes_booleans_and_bad_values_name_file_column_and_row(
         load_raw_splits(FetchConfig(dataset=str(data), heated_column="heated"), seed=0)
     with pytest.raises(DataError, match="fetch.heated_column"):
         load_raw_splits(FetchConfig(dataset=str(data), heated_column="angry"), seed=0)
+
+
+def test_a_hub_commit_is_read_from_the_hub_cache_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    refs = tmp_path / "datasets--knkarthick--dialogsum" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)
+    (refs / "v1.0").write_text("b" * 40 + "\n")
+    assert hub_commit("knkarthick/dialogsum", None) == "a" * 40
+    assert hub_commit("knkarthick/dialogsum", "v1.0") == "b" * 40
+    assert hub_commit("knkarthick/dialogsum", "c" * 40) == "c" * 40  # a commit already
+    assert hub_commit("knkarthick/dialogsum", "never-fetched") is None
+    assert hub_commit("nobody/else", None) is None

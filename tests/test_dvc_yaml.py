@@ -1,10 +1,13 @@
 """dvc.yaml stays exact: every stage depends on precisely the package modules its command imports
-(a subpackage such as `detoxsum/ppo/` as one folder)."""
+(a subpackage such as `detoxsum/ppo/` as one folder), and fetch on the local dataset the params name."""
 
 import ast
+import json
 from pathlib import Path
 
 import yaml
+from conftest import fixture_rows
+from pipeline import copy_project, init_repo, run, update_params
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "detoxsum"
@@ -60,3 +63,34 @@ def test_metrics_and_plots_are_small_git_tracked_files():
         for entry in stage.get("metrics", []) + stage.get("plots", []):
             (path, props), = entry.items()
             assert props.get("cache") is False, f"stage {name}: {path} should have cache: false"
+
+
+def test_fetch_depends_on_the_dataset_the_params_name():
+    fetch = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["fetch"]
+    assert [dep for dep in fetch["deps"] if not dep.startswith("src/")] == ["${fetch.dataset}"]
+    assert {"metrics/fetch.json": {"cache": False}} in fetch["metrics"]
+
+
+def test_editing_a_dataset_outside_the_repo_reruns_fetch_and_a_hub_dataset_still_parses(tmp_path, tiny_llama_dir):
+    """Real dvc: the templated dep follows `fetch.dataset` anywhere on disk; with the data on the Hub,
+    `fetch.dataset` keeps naming a path and dvc.yaml still resolves."""
+    outside = tmp_path / "elsewhere" / "chats.jsonl"
+    outside.parent.mkdir()
+    outside.write_text("".join(json.dumps(row) + "\n" for row in fixture_rows(20)))
+    project = copy_project(tmp_path / "repo")
+    update_params(project, {"fetch": {"model": str(tiny_llama_dir), "dataset": str(outside)}})
+    init_repo(project)
+    run(["dvc", "repro", "fetch"], project)
+    assert "changed" not in run(["dvc", "status", "fetch"], project).stdout
+    fetched = json.loads((project / "metrics" / "fetch.json").read_text())
+    assert fetched["rows"]["train"] > 0
+    assert fetched["dataset"] == {"source": str(outside), "kind": "local", "revision": None}
+
+    with outside.open("a") as handle:
+        handle.write(json.dumps(fixture_rows(21)[-1]) + "\n")
+    status = run(["dvc", "status", "fetch"], project).stdout
+    assert "changed deps" in status and f"modified:           {outside}" in status, status
+
+    update_params(project, {"fetch": {"dataset": "data/sample", "hub_dataset": "knkarthick/dialogsum"}})
+    status = run(["dvc", "status", "fetch"], project).stdout
+    assert "knkarthick" not in status and "params.yaml" in status, status  # the Hub id is no dep to miss

@@ -1,6 +1,10 @@
+import shutil
+
+import pytest
 import torch
 from conftest import fixture_rows
 
+from detoxsum.errors import ModelLoadError
 from detoxsum.modeling import (
     decode_responses, end_of_turn_id, end_token_ids, family_of, fit_dialogue, generate_summaries, load_model, stop_token_ids,
 )
@@ -132,3 +136,42 @@ def test_the_embedded_model_is_converted_once_then_loaded_from_the_cache(monkeyp
     assert locations == [str(tiny_llama_dir), str(cache), str(cache)]  # converted once, then cached
     for name, tensor in first.state_dict().items():
         assert torch.equal(tensor, second.state_dict()[name])
+
+
+def fake_hub_cache(cache, repo_id, model_dir, commits):
+    """A Hugging Face Hub cache that holds `model_dir` at each {ref: commit}, as a download leaves it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    for ref, commit in commits.items():
+        shutil.copytree(model_dir, repo / "snapshots" / commit, dirs_exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+
+
+def test_a_hub_model_is_loaded_at_its_revision_and_its_commit_recorded(monkeypatch, tmp_path, tiny_llama_dir):
+    from huggingface_hub import constants
+
+    from detoxsum.config import FetchConfig, HubRevisions
+    from detoxsum.modeling import load_source_model
+    from detoxsum.stages.fetch import model_source
+
+    main_commit, tagged_commit = "1" * 40, "2" * 40
+    fake_hub_cache(tmp_path, "tiny/llama", tiny_llama_dir, {"main": main_commit, "v2": tagged_commit})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # no folder named tiny/llama here: a Hub id
+    for revision, commit in ((None, main_commit), ("v2", tagged_commit), (tagged_commit, tagged_commit)):
+        model, tokenizer = load_source_model("tiny/llama", False, revision=revision)
+        cfg = FetchConfig(model="tiny/llama", revision=HubRevisions(model=revision))
+        assert model_source(cfg) == {"source": "tiny/llama", "kind": "hub", "revision": commit}
+        assert tokenizer.pad_token is not None
+    with pytest.raises(ModelLoadError, match=r"fetch\.model: cannot load 'tiny/llama' at revision 'v3'"):
+        load_source_model("tiny/llama", revision="v3")
+
+
+def test_a_revision_for_a_local_or_embedded_model_is_refused(tiny_llama_dir):
+    from detoxsum.config import EMBEDDED_MODEL
+    from detoxsum.modeling import load_source_model
+
+    for source in (str(tiny_llama_dir), EMBEDDED_MODEL):
+        with pytest.raises(ModelLoadError, match=r"fetch\.revision\.model: 'main' applies to Hub models only"):
+            load_source_model(source, revision="main")

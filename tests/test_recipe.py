@@ -17,7 +17,7 @@ def test_flan_t5_recipe_validates_and_sets_the_real_recipe(tmp_path):
     apply_recipe(REPO / "recipes" / "flan-t5-dialogsum.yaml", params)
     configs = load_all_configs(params)
     assert configs["fetch"].model == "google/flan-t5-base"
-    assert configs["fetch"].dataset == "knkarthick/dialogsum"
+    assert configs["fetch"].hub_dataset == "knkarthick/dialogsum"
     lora = configs["train_lora"]
     assert (lora.r, lora.alpha, lora.dropout, lora.lr, lora.target_modules) == (32, 32, 0.05, 1e-3, ["q", "v"])
     hate = configs["evaluate"].toxicity_classifiers[1]

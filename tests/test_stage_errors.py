@@ -36,6 +36,33 @@ def assert_one_error(result, *fragments):
 
 def assert_no_fetch_outputs(workdir):
     assert not (workdir / "data" / "raw").exists() and not (workdir / "artifacts" / "model").exists()
+    assert not (workdir / "metrics" / "fetch.json").exists()
+
+
+def test_fetch_records_rows_and_sources(workdir, tiny_llama_dir):
+    assert run_stage_module("fetch", workdir).returncode == 0
+    fetched = json.loads((workdir / "metrics" / "fetch.json").read_text())
+    rows = {name: len((workdir / "data" / "raw" / f"{name}.jsonl").read_text().splitlines())
+            for name in ("train", "validation", "test")}
+    assert fetched == {"rows": rows, "model": {"source": str(tiny_llama_dir), "kind": "local", "revision": None},
+                       "dataset": {"source": str(workdir / "input.jsonl"), "kind": "local", "revision": None}}
+
+
+def test_a_revision_for_a_local_model(workdir):
+    set_params(workdir, fetch={"revision": {"model": "main", "dataset": None}})
+    assert_one_error(run_stage_module("fetch", workdir), "fetch.revision.model", "Hub models only")
+    assert_no_fetch_outputs(workdir)
+
+
+def test_an_ambiguous_data_folder(workdir):
+    folder = workdir / "corpus"
+    folder.mkdir()
+    for name in ("train.jsonl", "dialogsum_train.jsonl"):
+        (folder / name).write_text((workdir / "input.jsonl").read_text())
+    set_params(workdir, fetch={"dataset": str(folder)})
+    assert_one_error(run_stage_module("fetch", workdir), "cannot tell the splits apart",
+                     "train: dialogsum_train.jsonl, train.jsonl")
+    assert_no_fetch_outputs(workdir)
 
 
 def test_missing_data_file(workdir):

@@ -164,7 +164,14 @@ def test_champion_from_the_registry_on_stdin(workspace, tmp_path):
     assert result.stdout.count("\n") == 2
     missing = subprocess.run([sys.executable, "-m", "detoxsum", "summarize", "--model", "models:/nobody@champion"],
                              cwd=tmp_path, env=env, input=DIALOGUES[0], capture_output=True, text=True)
-    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("error: unknown model URI")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        f"error: models:/nobody@champion: no registered model 'nobody' (registered: {CFG.model_name})"]
+    unset = subprocess.run([sys.executable, "-m", "detoxsum", "summarize", "--model", f"models:/{CFG.model_name}@prod"],
+                           cwd=tmp_path, env=env, input=DIALOGUES[0], capture_output=True, text=True)
+    assert unset.returncode == 1 and unset.stderr.strip().splitlines() == [
+        f"error: models:/{CFG.model_name}@prod: model '{CFG.model_name}' has no alias 'prod' "
+        "(aliases: candidate -> v1, champion -> v1)"]
 
 
 def test_binary_data_on_stdin_is_refused(tmp_path, capsys, monkeypatch):

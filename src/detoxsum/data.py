@@ -17,15 +17,18 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
-from detoxsum.config import FetchConfig, FilterConfig
+from detoxsum.config import FetchConfig, FilterConfig, looks_local
 from detoxsum.errors import DataError, first_line
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
-# File-name stems (lowercase, before any '-' or '_') that name each split.
+# Words that name each split anywhere in a file name (`dialogsum_train.csv`, `samsum-val.json`,
+# `train-00000-of-00001.parquet`), as whole words: `contest.csv` and `trainer.csv` name no split.
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
+# Hugging Face's shard names: `train-00000-of-00002.parquet`.
+SHARD = re.compile(r"[-_.](\d+)-of-(\d+)$")
 
 
 # --- fetch ---------------------------------------------------------------------------------------
@@ -33,14 +36,15 @@ SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validat
 
 def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
     """Read the configured source into train/validation/test with normalised columns."""
-    source = cfg.dataset
-    path = Path(source)
-    if path.exists():
-        frames = _local_frames(path)
-    elif _looks_like_path(source):
-        raise DataError(f"fetch.dataset: {source}: no such file or folder")
+    if cfg.hub_dataset is not None:
+        frames = _hub_frames(cfg.hub_dataset, cfg.dataset_config, cfg.trust_remote_code, cfg.revision.dataset)
     else:
-        frames = _hub_frames(source, cfg.dataset_config, cfg.trust_remote_code)
+        path = Path(cfg.dataset).expanduser()
+        if not path.exists():
+            where = "" if path.is_absolute() else f" (from {Path.cwd()})"
+            hint = "" if looks_local(cfg.dataset) else "; a Hub dataset id goes in fetch.hub_dataset"
+            raise DataError(f"fetch.dataset: {cfg.dataset}: no such file or folder{where}{hint}")
+        frames = _local_frames(path)
     splits = {name: normalise_columns(frame, cfg, origin) for name, (frame, origin) in frames.items()}
     for name, (_frame, origin) in frames.items():
         if name in ("all", "train") and len(splits[name]) == 0:
@@ -48,10 +52,6 @@ def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
     splits = complete_splits(splits, cfg, seed)
     caps = {"train": cfg.max_train_rows, "validation": cfg.max_validation_rows, "test": cfg.max_test_rows}
     return DatasetDict({name: _cap_rows(splits[name], caps[name], seed) for name in SPLITS})
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith(DATA_SUFFIXES + (".zip",)) or source.count("/") > 1
 
 
 def _local_frames(path: Path) -> dict[str, tuple[pd.DataFrame, str]]:
@@ -70,21 +70,77 @@ def _local_frames(path: Path) -> dict[str, tuple[pd.DataFrame, str]]:
     return {"all": (read_table(path), str(path))}
 
 
+def split_words(file_name: str) -> set[str]:
+    """The splits a file name names (`dialogsum_train.csv` -> {"train"}): its words before the
+    suffix, split on anything but letters and digits, looked up in SPLIT_ALIASES."""
+    stem = Path(file_name).stem.lower()
+    return {SPLIT_ALIASES[word] for word in re.split(r"[^a-z0-9]+", stem) if word in SPLIT_ALIASES}
+
+
+def shard_key(file: Path) -> tuple[str, int, int] | None:
+    """(name without the shard part, index, count) of `train-00001-of-00002.parquet`, else None."""
+    match = SHARD.search(file.stem)
+    if match is None:
+        return None
+    return file.with_name(file.stem[: match.start()] + file.suffix).as_posix(), int(match[1]), int(match[2])
+
+
+def is_complete_shard_set(files: list[Path]) -> bool:
+    """Whether `files` are all the shards of one table: same name, same count, every index once."""
+    keys = [shard_key(file) for file in files]
+    if None in keys or len({(name, count) for name, _index, count in keys}) != 1:
+        return False
+    return sorted(index for _name, index, _count in keys) == list(range(keys[0][2]))
+
+
+def files_by_split(files: list[Path], folder: Path, label: str) -> dict[str, list[Path]]:
+    """Each split's file (or all its shards), from the split words in the file names; one DataError
+    that lists every file it cannot place (a name with two split words, two tables for one split)."""
+    by_split: dict[str, list[Path]] = {}
+    problems = []
+    for file in files:
+        named = split_words(file.name)
+        if len(named) > 1:
+            problems.append(f"{file.relative_to(folder).as_posix()} names {' and '.join(sorted(named))}")
+        elif named:
+            by_split.setdefault(named.pop(), []).append(file)
+    for split, split_files in by_split.items():
+        sharded = len(split_files) > 1 or shard_key(split_files[0]) is not None
+        if sharded and not is_complete_shard_set(split_files):
+            listed = ", ".join(file.relative_to(folder).as_posix() for file in split_files)
+            problems.append(f"{split}: {listed}")
+    if problems:
+        raise DataError(f"{label}: cannot tell the splits apart: {'; '.join(problems)} (rename or remove files so "
+                        "each split is one file, or the complete shards of one, e.g. train-00000-of-00002.parquet)")
+    return by_split
+
+
 def _folder_frames(folder: Path, label: str) -> dict[str, tuple[pd.DataFrame, str]]:
     files = sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and "__MACOSX" not in p.parts)
-    by_split: dict[str, Path] = {}
-    for file in files:
-        split = SPLIT_ALIASES.get(re.split(r"[-_.]", file.stem.lower())[0])
-        if split and split not in by_split:
-            by_split[split] = file
+
     def origin(file: Path) -> str:  # named from `label`: a zip's files are read from a temporary folder
         return f"{label}/{file.relative_to(folder).as_posix()}"
 
+    by_split = files_by_split(files, folder, label)
     if not by_split and len(files) == 1:
         return {"all": (read_table(files[0], origin(files[0])), origin(files[0]))}
     if "train" not in by_split:
-        raise DataError(f"{label}: no training file found (expected a file named train.* with one of {DATA_SUFFIXES})")
-    return {split: (read_table(file, origin(file)), origin(file)) for split, file in by_split.items()}
+        found = ", ".join(file.relative_to(folder).as_posix() for file in files) or "no csv/json/jsonl/parquet file"
+        raise DataError(f"{label}: no training file found (expected a file name with the word train, e.g. "
+                        f"train.jsonl or dialogsum_train.csv; found {found})")
+    return {split: _read_shards(split_files, origin) for split, split_files in by_split.items()}
+
+
+def _read_shards(files: list[Path], origin: Callable[[Path], str]) -> tuple[pd.DataFrame, str]:
+    """One split's table from its file, or its shards in order (all with the same columns)."""
+    frames = [read_table(file, origin(file)) for file in files]
+    for file, frame in zip(files[1:], frames[1:]):
+        if list(frame.columns) != list(frames[0].columns):
+            raise DataError(f"{origin(file)}: columns {', '.join(map(str, frame.columns))} differ from "
+                            f"{origin(files[0])}'s {', '.join(map(str, frames[0].columns))}")
+    if len(frames) == 1:
+        return frames[0], origin(files[0])
+    return pd.concat(frames, ignore_index=True), f"{origin(files[0])} (+{len(files) - 1} shards)"
 
 
 def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
@@ -103,22 +159,52 @@ def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
         raise DataError(f"{label or path}: cannot read as {path.suffix[1:]} ({exc})") from exc
 
 
-def _hub_frames(dataset_id: str, config_name: str | None, trust_remote_code: bool):
+def _hub_frames(dataset_id: str, config_name: str | None, trust_remote_code: bool, revision: str | None):
     import datasets
 
     try:
-        loaded = datasets.load_dataset(dataset_id, name=config_name, trust_remote_code=trust_remote_code)
+        loaded = datasets.load_dataset(dataset_id, name=config_name, revision=revision,
+                                       trust_remote_code=trust_remote_code)
     except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
-        raise DataError(f"fetch.dataset: {dataset_id!r} is no local file or folder (from {Path.cwd()}), and the Hub "
-                        f"has no dataset of that name here ({first_line(exc)})") from exc
+        at = f" at revision {revision!r}" if revision else ""
+        raise DataError(f"fetch.hub_dataset: the Hub has no dataset {dataset_id!r}{at} here "
+                        f"({first_line(exc)})") from exc
     frames = {}
     for name, split in loaded.items():
         canonical = SPLIT_ALIASES.get(name.lower())
         if canonical and canonical not in frames:
             frames[canonical] = (split.to_pandas(), f"{dataset_id}[{name}]")
     if "train" not in frames:
-        raise DataError(f"fetch.dataset: Hub dataset {dataset_id!r} has no train split ({list(loaded)})")
+        raise DataError(f"fetch.hub_dataset: Hub dataset {dataset_id!r} has no train split ({list(loaded)})")
     return frames
+
+
+def hub_commit(repo_id: str, revision: str | None, repo_type: str = "dataset") -> str | None:
+    """The commit a Hub repo (a dataset, or a model with `repo_type="model"`) at `revision` (null:
+    main) resolves to, or None where it cannot be told.
+
+    A 40-hex revision is a commit already. Otherwise the Hub cache's ref file
+    (`<HF_HUB_CACHE>/datasets--owner--name/refs/<revision>`) holds the commit last downloaded, which
+    is what a load that just ran (online or offline) read; online, the Hub is asked when that file
+    is missing.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    repo_cache = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    ref = repo_cache / "refs" / (revision or "main")
+    if ref.is_file():
+        return ref.read_text().strip() or None
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision).sha
+    except Exception:  # no network, no such repo: the commit stays unknown, the fetch itself succeeded
+        return None
 
 
 def normalise_columns(frame: pd.DataFrame, cfg: FetchConfig, origin: str) -> Dataset:

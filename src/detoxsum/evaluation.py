@@ -13,6 +13,8 @@ RealToxicityPrompts (Gehman et al. 2020) and DExperts / Quark report detox. Each
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,12 @@ class TestSet:
             by_id = dict(zip(split["id"], flags))
             heated = [by_id[i] for i in ids][:max_rows]
         return cls(dialogues[:max_rows], references[:max_rows], ids[:max_rows], heated)
+
+    def fingerprint(self) -> str:
+        """sha256 of the dialogues, references and ids in order: equal only for the same test set, so
+        the registry compares versions only on the same dialogues."""
+        payload = json.dumps([self.ids, self.dialogues, self.references], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def shard(self, rank: int, world: int) -> TestSet:
         """This process's contiguous share under `accelerate launch` (`distributed.gather` rejoins them)."""

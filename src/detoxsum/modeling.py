@@ -269,13 +269,16 @@ def resolve_source(source: str) -> tuple[str, dict[str, Any]]:
     return source, {}
 
 
-def load_source_model(source: str, trust_remote_code: bool = False):
-    """Load model and tokenizer from a `fetch.model` reference (fetch, and summarize from a registry).
+def load_source_model(source: str, trust_remote_code: bool = False, revision: str | None = None):
+    """Load model and tokenizer from a `fetch.model` reference (fetch, and summarize from a registry);
+    `revision` (a Hub commit, branch or tag; Hub ids only) pins what is downloaded.
 
     The embedded GGUF model is dequantized once per machine and kept as safetensors in the user's
     cache (`embedded_model_cache`): dequantizing takes about a minute of CPU on 2 cores, loading the
     saved copy a second, so a cold `summarize` no longer pays it on every call.
     """
+    if revision is not None and (source == EMBEDDED_MODEL or Path(source).expanduser().exists()):
+        raise ModelLoadError(f"fetch.revision.model: {revision!r} applies to Hub models only, not {source!r}")
     if source == EMBEDDED_MODEL:
         cached = embedded_model_cache()
         if not (cached / "config.json").is_file():
@@ -283,7 +286,10 @@ def load_source_model(source: str, trust_remote_code: bool = False):
             with atomic_dir(cached) as tmp:
                 save_model(model, tokenizer, tmp)
         return load_from(source, str(cached), {}, trust_remote_code)
-    return load_from(source, *resolve_source(source), trust_remote_code)
+    location, extra = resolve_source(source)
+    if revision is not None:
+        extra = {**extra, "revision": revision}
+    return load_from(source, location, extra, trust_remote_code)
 
 
 def embedded_model_cache() -> Path:
@@ -306,7 +312,8 @@ def load_from(source: str, location: str, extra: dict[str, Any], trust_remote_co
         model = family.auto_class.from_pretrained(location, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         where = "" if Path(location).exists() else "no local folder of that name, and from the Hub: "
-        raise ModelLoadError(f"fetch.model: cannot load {source!r} ({where}{first_line(exc)})") from exc
+        at = f" at revision {extra['revision']!r}" if "revision" in extra else ""
+        raise ModelLoadError(f"fetch.model: cannot load {source!r}{at} ({where}{first_line(exc)})") from exc
     if "gguf_file" in extra:
         drop_gguf_quantizer(model)
     ensure_pad_token(tokenizer)

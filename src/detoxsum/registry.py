@@ -18,7 +18,8 @@ import contextlib
 import hashlib
 import json
 import os
-import warnings
+import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -34,19 +35,39 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from detoxsum.config import RegisterConfig
-from detoxsum.errors import DataError, ModelLoadError, ParamsError, first_line
-from detoxsum.summarizer import GenerationSettings, load_summarizer
+from detoxsum.errors import ModelLoadError, first_line
+from detoxsum.promotion import (
+    Decision,
+    GateScores,
+    gate_scores,
+    paired_changes,
+    paired_decision,
+    promotion_decision,
+    test_set_fingerprint,
+    toxicity_key,
+)
+# Versions logged before models-from-code pickled detoxsum.registry.DialogueSummarizer: keep it importable.
+from detoxsum.serving import INPUT_COLUMN, OUTPUT_COLUMN, DialogueSummarizer  # noqa: F401
+from detoxsum.summarizer import GenerationSettings
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 FINGERPRINT_TAG = "fingerprint"
+TEST_SET_TAG = "test_set_fingerprint"
+PREDICTIONS_ARTIFACT = "results/predictions.jsonl"  # per-dialogue summaries and toxicity: the paired gate
+# The input example when a run has no test predictions at hand (written for the project).
+EXAMPLE_DIALOGUE = ("#Person1#: Did you book the room for Thursday's review?\n"
+                    "#Person2#: Not yet. The big one is taken, so I'll ask for the one by the kitchen.\n"
+                    "#Person1#: Fine, as long as the projector works this time.")
 LOGGED_MODEL_NAME = "summarizer"
-# What the pyfunc needs at load time, pinned to the versions that logged it. `detoxsum` itself is not
-# on PyPI: the environment that loads the model must have this project installed (`make setup`).
-RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate", "gguf",
-                    "sentencepiece", "mlflow")
+# What loading the model imports (serving.py and summarizer.py's imports), pinned to the versions
+# that logged it, without local labels such as `+cpu` that no package index serves. The project's
+# own code travels with the model (`code_paths`), so `detoxsum` is not among them.
+RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "peft",
+                    "accelerate", "sentencepiece", "PyYAML", "tqdm")
+PACKAGE_DIR = Path(__file__).resolve().parent
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string")]),  # one dialogue per row
-    outputs=Schema([ColSpec("string")]),
+    inputs=Schema([ColSpec("string", INPUT_COLUMN)]),  # one dialogue per row
+    outputs=Schema([ColSpec("string", OUTPUT_COLUMN)]),
     params=ParamSchema([ParamSpec("show_progress", "boolean", False)]),
 )
 
@@ -82,102 +103,22 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-# --- the promotion gate (pure) ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GateScores:
-    """The two numbers the gate compares: a ROUGE score (0-100) and a mean toxicity (0-1)."""
-
-    rouge: float
-    toxicity: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-
-
-def toxicity_key(cfg: RegisterConfig) -> str:
-    return f"toxicity_{cfg.toxicity_classifier}_mean"
-
-
-def promotion_decision(candidate: GateScores, champion: GateScores | None, cfg: RegisterConfig,
-                       champion_name: str = "champion") -> Decision:
-    """Promote when ROUGE >= champion's - rouge_tolerance and toxicity <= champion's + toxicity_tolerance.
-
-    The reason spells out each comparison with its numbers, e.g.
-    `rougeL 27.10 < 28.81 (champion v3 29.31 - tolerance 0.5)`.
-    """
-    if champion is None:
-        return Decision(True, "no champion yet")
-    rouge_floor = champion.rouge - cfg.rouge_tolerance
-    toxicity_ceiling = champion.toxicity + cfg.toxicity_tolerance
-    rouge_ok, toxicity_ok = candidate.rouge >= rouge_floor, candidate.toxicity <= toxicity_ceiling
-    rouge_text = (f"{cfg.rouge_metric} {candidate.rouge:.2f} {'>=' if rouge_ok else '<'} {rouge_floor:.2f} "
-                  f"({champion_name} {champion.rouge:.2f} - tolerance {cfg.rouge_tolerance:g})")
-    toxicity_text = (f"{toxicity_key(cfg)} {candidate.toxicity:.4f} {'<=' if toxicity_ok else '>'} "
-                     f"{toxicity_ceiling:.4f} ({champion_name} {champion.toxicity:.4f} + tolerance "
-                     f"{cfg.toxicity_tolerance:g})")
-    if rouge_ok and toxicity_ok:
-        return Decision(True, f"{rouge_text} and {toxicity_text}")
-    failures = [text for text, ok in ((rouge_text, rouge_ok), (toxicity_text, toxicity_ok)) if not ok]
-    return Decision(False, "; ".join(failures))
-
-
-def gate_scores(evaluate_metrics: dict, cfg: RegisterConfig) -> GateScores:
-    """Read the gated numbers of model `cfg.model` out of metrics/evaluate.json's content."""
-    block = evaluate_metrics.get(cfg.model)
-    if not isinstance(block, dict):
-        raise DataError(f"metrics/evaluate.json: no block '{cfg.model}' (register.model); run the evaluate stage")
-    if toxicity_key(cfg) not in block:
-        found = sorted(key[len("toxicity_"):-len("_mean")] for key in block
-                       if key.startswith("toxicity_") and key.endswith("_mean"))
-        raise ParamsError(f"params key 'register.toxicity_classifier' is {cfg.toxicity_classifier!r}, but "
-                          f"metrics/evaluate.json has toxicity only for {found} (evaluate.toxicity_classifiers)")
-    return GateScores(rouge=float(block[cfg.rouge_metric]), toxicity=float(block[toxicity_key(cfg)]))
-
-
 # --- the pyfunc model ---------------------------------------------------------------------------
-
-
-class DialogueSummarizer(mlflow.pyfunc.PythonModel):
-    """MLflow model: dialogues in (a list of strings, or a DataFrame with a `dialogue` column),
-    summaries out. Loads the base model from the bundled folder if the version has one, else from
-    the recorded `fetch.model` reference, then applies the logged adapters in order."""
-
-    def load_context(self, context) -> None:
-        config = context.model_config
-        base_model = context.artifacts.get("base_model", config["base_model"])
-        adapters = [context.artifacts[name] for name in config["adapters"]]
-        self.summarizer = load_summarizer(base_model, adapters, GenerationSettings.from_dict(config["generation"]))
-
-    # A DataFrame hint, not list[str]: MLflow would infer the signature from list[str] and drop the
-    # explicit one's `show_progress` param; its schema enforcement hands over a DataFrame anyway.
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
-        show_progress = bool((params or {}).get("show_progress", False))
-        return self.summarizer.summarize(dialogues_of(model_input), show_progress=show_progress)
-
-
-def dialogues_of(model_input: Any) -> list[str]:
-    """The dialogues in a DataFrame (`dialogue` column, else the first), a list, or one string."""
-    if hasattr(model_input, "columns"):  # a DataFrame, as MLflow's schema enforcement hands it over
-        column = "dialogue" if "dialogue" in model_input.columns else model_input.columns[0]
-        return [str(text) for text in model_input[column]]
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(text) for text in model_input]
 
 
 def pinned_requirements() -> list[str]:
     pins = []
     for package in RUNTIME_PACKAGES:
         try:
-            pins.append(f"{package}=={version(package)}")
+            pins.append(f"{package}=={public_version(version(package))}")
         except PackageNotFoundError:
             continue
     return pins
+
+
+def public_version(installed: str) -> str:
+    """`2.13.0+cpu` -> `2.13.0`: a local version label names a build no package index serves."""
+    return installed.split("+", 1)[0]
 
 
 def load_model(uri: str, root: Path):
@@ -190,11 +131,33 @@ def load_model(uri: str, root: Path):
     if tracking == embedded_uri(root) and uri.startswith(("models:/", "runs:/")) and not (root / "mlflow.db").is_file():
         raise ModelLoadError(f"cannot resolve {uri!r}: no registry here ({(root / 'mlflow.db').resolve()} not found); "
                              "run `dvc repro` in this folder or set MLFLOW_TRACKING_URI")
-    connect(tracking)
+    check_registered(connect(tracking), uri)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise ModelLoadError(f"unknown model URI {uri!r} ({first_line(exc)})") from exc
+
+
+def check_registered(client: MlflowClient, uri: str) -> None:
+    """For `models:/name@alias` and `models:/name/N`: the model, alias or version exists, else one line
+    saying which part is missing and what there is instead."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if match is None:
+        return
+    name, alias, number = match.groups()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        found = [m.name for m in client.search_registered_models()]
+        raise ModelLoadError(f"{uri}: no registered model {name!r} (registered: {', '.join(found) or 'none'})") from None
+    if alias is not None and alias not in model.aliases:
+        aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
+        raise ModelLoadError(f"{uri}: model {name!r} has no alias {alias!r} (aliases: {aliases})")
+    if number is not None:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        if int(number) not in versions:
+            raise ModelLoadError(f"{uri}: model {name!r} has no version {number} (versions: "
+                                 f"{', '.join(map(str, versions)) or 'none'})")
 
 
 # --- logging and registering a pipeline run -----------------------------------------------------
@@ -212,6 +175,8 @@ class PipelineRun:
     adapters: dict[str, Path]  # name -> adapter folder, in the order they are applied
     settings: GenerationSettings
     bundled_base_dir: Path | None = None  # copied into the version when set (self-contained model)
+    base_model_revision: str | None = None  # the Hub commit fetch resolved base_model to
+    predictions: list[dict] = field(default_factory=list)  # rows of results/predictions.jsonl
     artifact_files: list[Path] = field(default_factory=list)  # params.yaml, dvc.lock, metrics files, plots
     tags: dict[str, str] = field(default_factory=dict)  # e.g. the DVC experiment name
 
@@ -242,14 +207,14 @@ def register_pipeline_run(run: PipelineRun, cfg: RegisterConfig, uri: str, root:
 
 
 def _register(run: PipelineRun, cfg: RegisterConfig, uri: str, root: Path) -> dict:
-    candidate_scores = gate_scores(run.metrics.get("evaluate", {}), cfg)
+    gate_scores(run.metrics.get("evaluate", {}), cfg)  # a gate that cannot read its metrics fails before logging
     client = connect(uri)
     fingerprint = run.fingerprint()
     existing = find_version(client, cfg.model_name, fingerprint)
     model_version = existing or log_and_register(run, cfg, fingerprint, experiment_id(client, cfg.experiment, root, uri))
     client.set_registered_model_alias(cfg.model_name, CANDIDATE, model_version.version)
     previous = current_version(client, cfg.model_name, CHAMPION)
-    decision = decide(model_version, previous, candidate_scores, cfg)
+    decision = decide(client, model_version, previous, run, cfg)
     if decision.promote:
         client.set_registered_model_alias(cfg.model_name, CHAMPION, model_version.version)
     client.set_model_version_tag(cfg.model_name, model_version.version, "promotion", decision.reason[:4000])
@@ -265,20 +230,49 @@ def _register(run: PipelineRun, cfg: RegisterConfig, uri: str, root: Path) -> di
     }
 
 
-def decide(candidate, champion, candidate_scores: GateScores, cfg: RegisterConfig) -> Decision:
-    """The gate against the champion version, whose scores are read from its tags."""
+def decide(client: MlflowClient, candidate, champion, run: PipelineRun, cfg: RegisterConfig) -> Decision:
+    """The gate against the champion version: only on the same test set; paired (95 % intervals)
+    where both runs logged their predictions, else with the fixed tolerances on the version tags."""
     if champion is None:
-        return promotion_decision(candidate_scores, None, cfg)
+        return Decision(True, "no champion yet")
     if champion.version == candidate.version:
         return Decision(True, f"v{candidate.version} is already the champion")
     label = f"champion v{champion.version}"
+    ours, theirs = test_set_fingerprint(run.metrics.get("evaluate", {})), champion.tags.get(TEST_SET_TAG)
+    if ours is None or ours != theirs:
+        return Decision(False, f"{label} was evaluated on another test set (test_set_fingerprint "
+                               f"{short(theirs)}, this run {short(ours)}): scores on different dialogues do not "
+                               f"compare; move the alias by hand if v{candidate.version} should replace it")
+    champion_rows = logged_predictions(client, champion.run_id)
+    if run.predictions and champion_rows:
+        champion_model = champion.tags.get("pipeline_model", cfg.model)
+        seed = int(run.params.get("base", {}).get("seed", 0))
+        rouge, toxicity, dialogues = paired_changes(run.predictions, cfg.model, champion_rows, champion_model, cfg, seed)
+        return paired_decision(rouge, toxicity, cfg, dialogues, label)
     try:
         champion_scores = GateScores(rouge=float(champion.tags[cfg.rouge_metric]),
                                      toxicity=float(champion.tags[toxicity_key(cfg)]))
     except (KeyError, ValueError):
         return Decision(False, f"{label} has no tags {cfg.rouge_metric!r} and {toxicity_key(cfg)!r} to compare "
                                f"with; move the alias by hand if v{candidate.version} should replace it")
-    return promotion_decision(candidate_scores, champion_scores, cfg, label)
+    return promotion_decision(gate_scores(run.metrics.get("evaluate", {}), cfg), champion_scores, cfg, label)
+
+
+def short(fingerprint: str | None) -> str:
+    return fingerprint[:12] if fingerprint else "not recorded"
+
+
+def logged_predictions(client: MlflowClient, run_id: str | None) -> list[dict] | None:
+    """The per-dialogue predictions a run logged (None for runs that logged none)."""
+    if not run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            # connect() set the tracking URI this client talks to
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PREDICTIONS_ARTIFACT, dst_path=folder)
+            return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (MlflowException, OSError, json.JSONDecodeError):
+        return None
 
 
 def find_version(client: MlflowClient, model_name: str, fingerprint: str):
@@ -310,32 +304,52 @@ def log_and_register(run: PipelineRun, cfg: RegisterConfig, fingerprint: str, ex
         "git_commit": run.git_commit,
         "dvc_lock_sha256": run.dvc_lock_sha256,
         "base_model": run.base_model,
+        "base_model_revision": run.base_model_revision or "",
         "pipeline_model": cfg.model,
+        TEST_SET_TAG: test_set_fingerprint(run.metrics["evaluate"]) or "",
     }
-    run_tags = {**run.tags, **{key: version_tags[key] for key in (FINGERPRINT_TAG, "git_commit", "dvc_lock_sha256")}}
+    run_tags = {**run.tags, **{key: version_tags[key] for key in (FINGERPRINT_TAG, "git_commit", "dvc_lock_sha256")},
+                **source_tags(run.metrics.get("fetch", {}))}
     with mlflow.start_run(experiment_id=experiment, run_name=f"{cfg.model}-{run.git_commit[:8]}", tags=run_tags):
         mlflow.log_params(flatten(run.params))
         mlflow.log_metrics(numeric_metrics(run.metrics))
         for path in run.artifact_files:
             log_artifact_path(path)
-        with warnings.catch_warnings():
-            # MLflow suggests an input example; logging one would load and run the model at log time.
-            warnings.filterwarnings("ignore", message=r".*input example was not provided", category=UserWarning)
-            model_info = log_summarizer(run)
+        if run.predictions:
+            mlflow.log_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in run.predictions),
+                            PREDICTIONS_ARTIFACT)
+        model_info = log_summarizer(run)
     return mlflow.register_model(model_info.model_uri, cfg.model_name, tags=version_tags)
 
 
+def source_tags(fetch_metrics: dict) -> dict[str, str]:
+    """What fetch read, as run tags: `fetch.model.source`, `fetch.model.revision` (the Hub commit or
+    package version it resolved to), and the same for the dataset (metrics/fetch.json)."""
+    return {f"fetch.{what}.{key}": str(value) for what in ("model", "dataset")
+            for key, value in (fetch_metrics.get(what) or {}).items() if key in ("source", "revision") and value}
+
+
 def log_summarizer(run: PipelineRun):
-    """Log the pyfunc model into the active run: adapters (and the base model, if bundled) as artifacts."""
+    """Log the pyfunc model into the active run, loadable on a machine with only MLflow and a package
+    index: this package as code, adapters (and the base model, when bundled) as artifacts, the base
+    model otherwise as a Hub id with its resolved commit, requirements as pip can install them, and
+    an input example, which MLflow also runs once through the model as its serving check."""
     return mlflow.pyfunc.log_model(
         name=LOGGED_MODEL_NAME,
-        python_model=DialogueSummarizer(),
+        python_model=str(PACKAGE_DIR / "serving_entry.py"),
         artifacts=model_artifacts(run),
-        model_config={"base_model": run.base_model, "adapters": list(run.adapters),
-                      "generation": run.settings.to_dict()},
+        model_config={"base_model": run.base_model, "base_model_revision": run.base_model_revision,
+                      "adapters": list(run.adapters), "generation": run.settings.to_dict()},
         signature=SIGNATURE,
+        input_example=pd.DataFrame({INPUT_COLUMN: [example_dialogue(run)]}),
+        code_paths=[str(PACKAGE_DIR)],
         pip_requirements=pinned_requirements(),
     )
+
+
+def example_dialogue(run: PipelineRun) -> str:
+    """A test dialogue of the run (what the model was evaluated on), else one written for the project."""
+    return run.predictions[0]["dialogue"] if run.predictions else EXAMPLE_DIALOGUE
 
 
 def model_artifacts(run: PipelineRun) -> dict[str, str]:

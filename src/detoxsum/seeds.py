@@ -5,6 +5,7 @@ Run the study, then this (docs/guide.md, "Seeds, not one run"):
     for seed in 1 2 3 4 5; do dvc exp run --queue -n seed-$seed -S base.seed=$seed; done
     dvc queue start            # wait until `dvc queue status` shows them all done
     python -m detoxsum.seeds   # or: --names seed-1 seed-2 ... ; --json results/seeds.json
+    python -m detoxsum.seeds --from-json results/seeds.json --figure docs/detox-seeds.png
 
 For each figure it prints every seed's value, the mean and sample sd over seeds, and in how many
 seeds the paired 95 % interval of the LoRA -> PPO change excludes 0 (a change that one seed's test
@@ -124,14 +125,60 @@ def render(table: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+# The README figure: (panel, series label, figure name without its model prefix).
+FIGURE_SERIES = (
+    ("heated expected max toxicity (lower is better)", "reward classifier", "heated expected max (reward clf)"),
+    ("heated expected max toxicity (lower is better)", "worst word", "heated expected max (worst word)"),
+    ("heated expected max toxicity (lower is better)", "judge: hatesonar", "heated expected max (hatesonar)"),
+    ("ROUGE-L (higher is better)", "ROUGE-L", "ROUGE-L"),
+)
+
+
+def figure_spec(table: dict) -> dict:
+    """Vega-Lite: per series, LoRA and PPO side by side, a bar at the mean over seeds and a dot per seed."""
+    rows = [{"panel": panel, "series": series, "model": model, "run": run, "value": value,
+             "mean": table[f"{model} {name}"]["mean"]}
+            for panel, series, name in FIGURE_SERIES for model in ("LoRA", "PPO")
+            for run, value in table[f"{model} {name}"]["per_run"].items()]
+    colour = {"field": "model", "type": "nominal", "scale": {"range": ["#8c8c8c", "#2b7bba"]}}
+    x = {"field": "model", "type": "nominal", "title": None, "axis": {"labelAngle": 0}}
+    def panel_chart(panel: str) -> dict:
+        return {"title": panel, "transform": [{"filter": {"field": "panel", "equal": panel}}],
+                "facet": {"column": {"field": "series", "type": "nominal", "title": None}},
+                "spec": {"width": 70, "height": 180, "layer": [
+                    {"mark": {"type": "bar", "opacity": 0.55},
+                     "encoding": {"x": x, "y": {"aggregate": "mean", "field": "value", "type": "quantitative",
+                                                "title": None}, "color": colour}},
+                    {"mark": {"type": "circle", "size": 28, "opacity": 0.9, "color": "black"},
+                     "encoding": {"x": x, "y": {"field": "value", "type": "quantitative"}}}]}}
+    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"values": rows},
+            "hconcat": [panel_chart(FIGURE_SERIES[0][0]), panel_chart(FIGURE_SERIES[-1][0])],
+            "config": {"legend": {"disable": True}}}
+
+
+def write_figure(table: dict, path: Path) -> None:
+    import vl_convert  # requirements-dev.txt: only the README figure and CI's plots need it
+
+    path.write_bytes(vl_convert.vegalite_to_png(figure_spec(table), scale=2))
+    print(f"seeds: figure -> {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", nargs="*", help="experiments to summarise (default: every one with metrics)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--from-json", type=Path, help="summarise a table written by --json instead of dvc exp show")
+    parser.add_argument("--figure", type=Path, help="also draw LoRA vs PPO per seed as a PNG here")
     parser.add_argument("--all-commits", action="store_true",
                         help="also experiments based on earlier commits (dvc exp show -A), e.g. a study "
                              "queued before the last commit")
     args = parser.parse_args(argv)
+    if args.from_json:
+        stored = json.loads(args.from_json.read_text())
+        print(render(stored["figures"], list(stored["runs"])))
+        if args.figure:
+            write_figure(stored["figures"], args.figure)
+        return
     show = ["dvc", "exp", "show", "--json", *(["--all-commits"] if args.all_commits else [])]
     shown = subprocess.run(show, capture_output=True, text=True)
     if shown.returncode != 0:
@@ -150,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     print(render(table, names))
     if args.json:
         write_json_atomic(args.json, {"runs": {n: runs[n]["seed"] for n in names}, "figures": table})
+    if args.figure:
+        write_figure(table, args.figure)
 
 
 if __name__ == "__main__":

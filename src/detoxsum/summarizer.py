@@ -87,9 +87,11 @@ class Summarizer:
                                 show_progress=show_progress)
 
 
-def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings: GenerationSettings) -> Summarizer:
-    """Load the base model from a `fetch.model` reference or folder and apply `adapters` in order."""
-    model, tokenizer = load_source_model(str(base_model))
+def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings: GenerationSettings,
+                    revision: str | None = None) -> Summarizer:
+    """Load the base model from a `fetch.model` reference or folder (a Hub id at `revision`) and
+    apply `adapters` in order."""
+    model, tokenizer = load_source_model(str(base_model), revision=revision)
     family = family_of(model.config)
     model = apply_adapters(model, adapters, merge_all=True)
     model.to(device())

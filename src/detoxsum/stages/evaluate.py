@@ -2,7 +2,7 @@
 
 Run: `python -m detoxsum.stages.evaluate`. Reads `evaluate` from params.yaml, the test split and the
 summaries the `generate_*` stages wrote (`results/summaries/{base,lora,ppo}.json`); writes
-- `metrics/evaluate.json`: one block per model (`base`, `lora`, `ppo`): ROUGE-1/2/L/Lsum against the
+- `metrics/evaluate.json`: `test_set_fingerprint`, and one block per model (`base`, `lora`, `ppo`): ROUGE-1/2/L/Lsum against the
   best reference and over (summary, reference) pairs (`*_pairs`), ROUGE-L's 95 % interval, mean
   summary length, and per classifier the greedy mean, expected maximum and probability of toxicity
   with 95 % intervals, for the whole split and (`heated`) its heated arguments; plus `detox`: the
@@ -41,6 +41,8 @@ def main() -> None:
     metrics, rows = score_variants(summaries, test_set, scorers, cfg, base.seed)
     for name in VARIANTS:
         metrics[name]["precision"] = generated[name]["precision"]
+    # The registry compares two versions only when this matches (promotion.py).
+    metrics["test_set_fingerprint"] = test_set.fingerprint()
     with atomic_dir(HISTOGRAM_DIR) as tmp:
         for scorer in scorers:
             table = toxicity_histogram(rows, ["lora", "ppo"], scorer.name)

