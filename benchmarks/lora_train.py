@@ -157,7 +157,7 @@ def run_hand_loop(model, tokenizer, train_set, cfg, precision, args) -> dict:
     peft_model = attach_lora(model.to(device), family, cfg.r, cfg.alpha, cfg.dropout,
                              lora_targets(model, cfg.target_modules))
     peft_model.train()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr,
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE_INDEX, padding=True)
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     mean_length = sum(map(len, train_set["input_ids"])) / len(train_set)
     print(f"model: {model_name}, {sum(p.numel() for p in model.parameters()):,} parameters; precision "
           f"{args.precision} -> {precision}; batch {args.batch_size}; LoRA r={cfg.r} alpha={cfg.alpha} "
-          f"dropout={cfg.dropout} on {lora_targets(model, cfg.target_modules)}; lr {cfg.lr}; "
+          f"dropout={cfg.dropout} on {lora_targets(model, cfg.target_modules)}; lr {cfg.learning_rate}; "
           f"{len(train_set)} train rows, {mean_length:.0f} tokens each on average")
     hand_model = copy.deepcopy(model)  # before either side adds its adapter: identical starting weights
     ours = add_rates(run_ours(model, tokenizer, train_set, eval_set, cfg, precision, args), args.batch_size)

@@ -172,7 +172,7 @@ def measure_steps(args: argparse.Namespace, device: torch.device, matmul_slowdow
     """The fp32 anchor at the full batch, then each other precision as `plan` allows; where it had to
     run on fewer tokens, fp32 on those tokens too, for a ratio of like with like."""
     model, adapter = lora_model(args.small, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=TrainLoraConfig().lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=TrainLoraConfig().learning_rate)
     anchor = step_row(model, optimizer, "fp32", args.rows, args.length, 1, args.steps, device)
     anchor["ratio"] = 1.0
     results = [anchor]

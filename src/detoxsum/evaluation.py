@@ -9,14 +9,19 @@ the greedy summaries, the expected maximum toxicity (mean over dialogues of the 
 sampled summaries) and the toxicity probability (share of dialogues with a sample >= 0.5), as
 RealToxicityPrompts (Gehman et al. 2020) and DExperts / Quark report detox. Each figure comes with a
 95 % paired bootstrap interval over dialogues, on the whole test split and on its heated subset.
+
+The base model is also prompted with k solved training examples (`evaluate.shots`), the
+prompt-engineering baselines a tuned model has to beat; those variants (`base_<k>shot`) are greedy
+only, so their toxicity is the greedy mean alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -77,10 +82,74 @@ class TestSet:
         return TestSet(*(shard(column, rank, world) for column in (self.dialogues, self.references, self.ids)), heated)
 
 
+@dataclass(frozen=True)
+class Examples:
+    """Solved examples for few-shot prompts: training dialogues, each with one reference summary."""
+
+    ids: list[str]
+    dialogues: list[str]
+    summaries: list[str]
+
+    def pairs(self, count: int) -> list[tuple[str, str]]:
+        """The first `count` as (dialogue, summary): a k-shot prompt's examples lead every larger one's."""
+        return list(zip(self.dialogues, self.summaries))[:count]
+
+
+def draw_examples(train: Dataset, count: int, seed: int, test_dialogues: set[str]) -> Examples:
+    """`count` training dialogues drawn at random with `seed`, never one of `test_dialogues`.
+
+    The same examples lead every test dialogue's prompt (as in the FLAN-T5 DialogSum course): the
+    shot counts then differ in how many examples the model saw, not in which, and one draw serves
+    every process of a parallel run.
+    """
+    dialogues, references, ids = group_references(train)
+    # The filter stage already keeps test dialogues out of train; a baseline must not lean on that.
+    candidates = [index for index, dialogue in enumerate(dialogues) if dialogue not in test_dialogues]
+    if len(candidates) < count:
+        raise DataError(f"evaluate.shots asks for {count} examples, but the train split has only "
+                        f"{len(candidates)} dialogues outside the test split")
+    chosen = random.Random(seed).sample(candidates, count)
+    return Examples([ids[i] for i in chosen], [dialogues[i] for i in chosen], [references[i][0] for i in chosen])
+
+
+def few_shot_name(shots: int) -> str:
+    """The metrics block of the base model with `shots` examples: `base`, `base_1shot`, ..."""
+    return "base" if shots == 0 else f"base_{shots}shot"
+
+
+def generate_few_shot(summarizer: Summarizer, test_set: TestSet, examples: Examples, shots: list[int],
+                      summarized: dict[str, str]) -> dict:
+    """Greedy summaries of the test dialogues with k examples before each, for every k > 0 in
+    `shots`: {"<k>": {"examples": ids, "runtime_s", "summaries": [{"id", "summary",
+    "examples_in_prompt"}]}}; `summarized` maps prompts already summarized (the zero-shot ones) to
+    their summaries.
+
+    A prompt met before is not generated again, as greedy decoding would repeat itself: where no
+    example fits the budget the prompt is the zero-shot one, where one fits the 3-shot prompt is
+    the 1-shot one.
+    """
+    summarized = dict(summarized)
+    generated = {}
+    for count in sorted(k for k in shots if k > 0):
+        started = time.perf_counter()
+        prompts, fitted = summarizer.few_shot_prompts(test_set.dialogues, examples.pairs(count))
+        new = [prompt for prompt in dict.fromkeys(prompts) if prompt not in summarized]
+        summarized.update(zip(new, summarizer.complete(new, show_progress=True, desc=f"base {count}-shot greedy")))
+        generated[str(count)] = {
+            "examples": examples.ids[:count],
+            "runtime_s": round(time.perf_counter() - started, 1),
+            "summaries": [{"id": i, "summary": summarized[prompt], "examples_in_prompt": n}
+                          for i, prompt, n in zip(test_set.ids, prompts, fitted)],
+        }
+    return generated
+
+
 def generate_variant(model_dir: Path, adapters: list[Path], test_set: TestSet, base: BaseConfig,
-                     cfg: EvaluateConfig, name: str, seed: int) -> dict:
+                     cfg: EvaluateConfig, name: str, seed: int, examples: Examples | None = None) -> dict:
     """Greedy summaries and `toxicity_samples` sampled ones of every test dialogue by one variant
-    (adapters merged), with the precision used and the time it took: `results/summaries/<name>.json`."""
+    (adapters merged), with the precision used and the time it took: `results/summaries/<name>.json`.
+    Given `examples`, also the greedy few-shot summaries for `evaluate.shots` (`few_shot`, see
+    `generate_few_shot`)."""
     model, tokenizer, family = load_with_adapters(model_dir, adapters, merge_all=True)
     model.to(device())
     summarizer = Summarizer(model, tokenizer, family, GenerationSettings.from_configs(base, cfg))
@@ -90,19 +159,26 @@ def generate_variant(model_dir: Path, adapters: list[Path], test_set: TestSet, b
     torch.manual_seed(seed)
     samples = summarizer.sample(test_set.dialogues, cfg.toxicity_samples, cfg.top_p, show_progress=True,
                                 desc=f"{name} sampled x{cfg.toxicity_samples}")
-    return {
+    generated = {
         "model": name,
         "precision": summarizer.precision,
         "runtime_s": round(time.perf_counter() - started, 1),
         "greedy_runtime_s": round(greedy_s, 1),
         "summaries": [{"id": i, "summary": s, "samples": k} for i, s, k in zip(test_set.ids, summaries, samples)],
     }
+    if examples is not None:
+        budget = cfg.few_shot_max_source_tokens or base.max_source_tokens
+        few_shot = Summarizer(model, tokenizer, family, replace(summarizer.settings, max_source_tokens=budget))
+        zero_shot = dict(zip(summarizer.prompts(test_set.dialogues), summaries))
+        generated["few_shot"] = generate_few_shot(few_shot, test_set, examples, cfg.shots, zero_shot)
+    return generated
 
 
 @dataclass(frozen=True)
 class VariantSummaries:
     greedy: list[str]
-    samples: list[list[str]]  # per dialogue, `evaluate.toxicity_samples` of them
+    # Per dialogue, `evaluate.toxicity_samples` of them; None for a greedy-only variant (few-shot).
+    samples: list[list[str]] | None = None
 
 
 def summaries_for(generated: dict, test_set: TestSet, source: Path, samples: int) -> VariantSummaries:
@@ -117,22 +193,45 @@ def summaries_for(generated: dict, test_set: TestSet, source: Path, samples: int
     return VariantSummaries([row["summary"] for row in rows], [row["samples"] for row in rows])
 
 
+def few_shot_summaries_for(generated: dict, test_set: TestSet, source: Path,
+                           shots: list[int]) -> dict[str, tuple[VariantSummaries, list[int]]]:
+    """The base model's few-shot summaries in a `generate_variant` result, per variant name
+    (`base_<k>shot`): greedy only, with how many examples each prompt held."""
+    variants = {}
+    for count in sorted(k for k in shots if k > 0):
+        block = generated.get("few_shot", {}).get(str(count))
+        if block is None:
+            raise DataError(f"{source}: no {count}-shot summaries (evaluate.shots changed); run dvc repro")
+        rows = block["summaries"]
+        if [row["id"] for row in rows] != test_set.ids:
+            raise DataError(f"{source}: {count}-shot summaries of other test dialogues than the test split; "
+                            f"run dvc repro")
+        variants[few_shot_name(count)] = (VariantSummaries([row["summary"] for row in rows]),
+                                          [row["examples_in_prompt"] for row in rows])
+    return variants
+
+
 @dataclass(frozen=True)
 class ToxicityScores:
     """One classifier's scores of one variant: per dialogue, its greedy summary and its samples."""
 
     greedy: list[float]
-    samples: list[list[float]]
+    samples: list[list[float]] | None
 
     @classmethod
     def score(cls, scorer: ToxicityScorer, summaries: VariantSummaries) -> ToxicityScores:
+        if summaries.samples is None:
+            return cls(scorer.score(summaries.greedy), None)
         k = len(summaries.samples[0]) if summaries.samples else 0
         flat = scorer.score(summaries.greedy + [text for texts in summaries.samples for text in texts])
         greedy, sampled = flat[: len(summaries.greedy)], flat[len(summaries.greedy):]
         return cls(greedy, [sampled[i * k : (i + 1) * k] for i in range(len(summaries.greedy))])
 
     def per_dialogue(self) -> dict[str, list[float]]:
-        """The per-dialogue values whose means are the `TOXICITY_FIGURES`."""
+        """The per-dialogue values whose means are the `TOXICITY_FIGURES` (the greedy mean alone
+        for a variant without samples)."""
+        if self.samples is None:
+            return {"mean": self.greedy}
         return {"mean": self.greedy, "expected_max": expected_max_toxicity(self.samples),
                 "probability": any_toxic(self.samples)}
 
@@ -218,7 +317,8 @@ def prediction_rows(summaries: dict[str, VariantSummaries], test_set: TestSet,
             row[name] = texts.greedy[index]
             for scorer, scores in toxicity[name].items():
                 row[f"{name}_toxicity_{scorer}"] = round(scores.greedy[index], 4)
-                row[f"{name}_toxicity_{scorer}_sample_max"] = round(max(scores.samples[index]), 4)
+                if scores.samples is not None:
+                    row[f"{name}_toxicity_{scorer}_sample_max"] = round(max(scores.samples[index]), 4)
         rows.append(row)
     return rows
 

@@ -1,7 +1,17 @@
-"""LoRA supervised fine-tuning with peft and transformers' Trainer.
+"""Supervised fine-tuning with peft and transformers' Trainer, by one of four methods (`train_lora.method`).
 
-The base weights stay frozen; only the low-rank adapters train, so a CPU can tune a 135M model in
-minutes and the saved adapter is a few MB. Loss curves go to DVCLive for `dvc plots show`.
+    lora           low-rank adapters on the attention projections; the base stays frozen, so a CPU
+                   tunes a 135M model in minutes and the saved adapter is a few MB (the default)
+    qlora          the same adapters trained on the base quantized to 4-bit NF4 with double
+                   quantization (bitsandbytes, Dettmers et al. 2023); the adapter is then applied to
+                   the full-precision base, as QLoRA adapters are served
+    prompt_tuning  `num_virtual_tokens` trained input embeddings (a soft prompt, Lester et al. 2021)
+                   put before every prompt; nothing of the model changes
+    full           every weight trains; what is saved is the whole model, not an adapter
+
+`load_for_training` loads the base as the method needs it, `prepare_for_method` makes the weights
+that train trainable, `train_lora` runs Trainer on it and `save_trained` writes what loading needs
+(`modeling.saved_kind` tells the kinds apart afterwards). Loss curves go to DVCLive for `dvc plots show`.
 """
 
 from __future__ import annotations
@@ -14,14 +24,23 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from dvclive import Live
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from transformers import (
+    AutoConfig,
+    BitsAndBytesConfig,
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.integrations import DVCLiveCallback
 
 from detoxsum.checkpoints import last_trainer_checkpoint
 from detoxsum.config import TrainLoraConfig
-from detoxsum.errors import ParamsError, TrainingDiverged
-from detoxsum.modeling import IGNORE_INDEX, Family
+from detoxsum.errors import ModelLoadError, ParamsError, TrainingDiverged, first_line
+from detoxsum.modeling import IGNORE_INDEX, Family, device, load_model, save_model
+from detoxsum.precision import DTYPES, resolve_for_model
 
 # Attention query/value projections per architecture (the LoRA paper's default placement,
 # Hu et al. 2021, section 7.1).
@@ -182,6 +201,131 @@ def attach_lora(model, family: Family, r: int, alpha: int, dropout: float, targe
     return peft_model
 
 
+# The text whose token embeddings a soft prompt starts from (repeated to its length): Lester et al.
+# 2021 found vocabulary-based initialisation better than random, and the task's own words are the
+# most useful of those.
+PROMPT_INIT_TEXT = "Summarize the following conversation in one or two sentences."
+
+
+def attach_prompt(model, tokenizer, family: Family, num_virtual_tokens: int) -> PeftModel:
+    """A fresh soft prompt of `num_virtual_tokens` embeddings, initialised to the token embeddings of
+    PROMPT_INIT_TEXT. Done here rather than by peft's TEXT init, which records the tokenizer's path
+    in adapter_config.json: the saved config would then differ between workspaces."""
+    # One soft prompt, before the input: for T5 before the encoder's only, as Lester et al. tuned T5
+    # (peft's default for encoder-decoders puts a second one before the decoder's input).
+    config = PromptTuningConfig(task_type=TaskType[family.peft_task_type], num_virtual_tokens=num_virtual_tokens,
+                                prompt_tuning_init=PromptTuningInit.RANDOM, num_transformer_submodules=1)
+    peft_model = get_peft_model(model, config)
+    words = model.get_input_embeddings().weight
+    prompt = peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight
+    token_ids = tokenizer(PROMPT_INIT_TEXT, add_special_tokens=False)["input_ids"]
+    token_ids = (token_ids * math.ceil(num_virtual_tokens / len(token_ids)))[:num_virtual_tokens]
+    with torch.no_grad():
+        prompt.copy_(words[torch.tensor(token_ids, device=words.device)].to(prompt.dtype))
+    return peft_model
+
+
+def prepare_for_method(model, tokenizer, family: Family, cfg: TrainLoraConfig) -> PeftModel | PreTrainedModel:
+    """`model` made ready to train by `cfg.method`: with a fresh LoRA adapter (lora; qlora, on a
+    4-bit model from `load_for_training`), a fresh soft prompt (prompt_tuning), or every weight
+    trainable (full)."""
+    if cfg.method == "full":
+        model.requires_grad_(True)
+        return model
+    if cfg.method == "prompt_tuning":
+        return attach_prompt(model, tokenizer, family, cfg.num_virtual_tokens)
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and embeddings to float32 (they are not quantized); no gradient checkpointing: the
+        # models here are small, and it would cost a second forward pass per step.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return attach_lora(model, family, cfg.r, cfg.alpha, cfg.dropout, lora_targets(model, cfg.target_modules))
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters; peft's count, which counts a 4-bit weight's values, not its bytes."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    parameters = list(model.parameters())
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+
+def save_trained(model, tokenizer, out_dir: str | Path) -> None:
+    """What loading needs: the adapter or soft prompt (peft's files) for a peft model; for `full`,
+    the whole model in safetensors with its tokenizer, loadable as a base of its own."""
+    if isinstance(model, PeftModel):
+        model.save_pretrained(str(out_dir))
+    else:
+        save_model(model, tokenizer, out_dir)
+
+
+# --- QLoRA: the 4-bit base ----------------------------------------------------------------------
+
+
+def four_bit_kernel_problem(device_: torch.device) -> str | None:
+    """Why bitsandbytes cannot quantize to 4-bit NF4 on `device_`, or None when it can: it is tried
+    on a small matrix, since which devices a build supports varies by version (0.50 has CPU
+    kernels; builds before the multi-backend releases have CUDA only)."""
+    try:
+        import bitsandbytes
+        import bitsandbytes.functional as bnb_functional
+    except ImportError as exc:
+        return f"bitsandbytes is not installed ({first_line(exc)}; pip install bitsandbytes==0.50.2)"
+    try:
+        weight = torch.randn(64, 64, device=device_, dtype=torch.bfloat16)
+        packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+        bnb_functional.dequantize_4bit(packed, state)
+    except Exception as exc:  # a native library: whatever fails here means no usable kernel
+        return f"bitsandbytes {bitsandbytes.__version__} has no 4-bit kernels for {device_.type} ({first_line(exc)})"
+    return None
+
+
+def require_4bit_kernels(device_: torch.device) -> None:
+    problem = four_bit_kernel_problem(device_)
+    if problem is not None:
+        raise ParamsError(f"params key 'train_lora.method' is 'qlora', which needs 4-bit NF4 kernels on this "
+                          f"{device_.type}: {problem}; use method 'lora' (the same adapter on the full-precision base)")
+
+
+def nf4_config(precision: str) -> BitsAndBytesConfig:
+    """QLoRA's quantization (Dettmers et al. 2023): 4-bit NormalFloat weights, their scales quantized
+    again (double quantization), matmuls computed in the run's precision (bf16 where it is native)."""
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=DTYPES[precision])
+
+
+def keep_4bit_weights_unpacked(model) -> None:
+    """Turn off bitsandbytes' repacking of 4-bit weights for its AVX512-BF16 CPU kernel. bitsandbytes
+    0.50.2 repacks on the first forward without gradients (Trainer's evaluation) and fails there for
+    a layer whose input width is not a multiple of its 64-value block (`shape '[96, 1]' is invalid`);
+    the unpacked path computes the same product for every width."""
+    import bitsandbytes
+
+    for module in model.modules():
+        if isinstance(module, bitsandbytes.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_for_training(model_dir: str | Path, method: str, requested_precision: str):
+    """The base model to tune by `method` on `device()`, with its tokenizer, family and the precision
+    `requested_precision` (base.precision) resolves to there. For qlora the weights load quantized to
+    4-bit NF4, after checking that the device has the kernels (before anything is loaded)."""
+    if method != "qlora":
+        model, tokenizer, family = load_model(model_dir)
+        model.to(device())
+        return model, tokenizer, family, resolve_for_model(requested_precision, model.config, model.device)
+    require_4bit_kernels(device())
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load model config ({first_line(exc)}); run the fetch stage") from exc
+    precision = resolve_for_model(requested_precision, config, device())
+    model, tokenizer, family = load_model(model_dir, quantization_config=nf4_config(precision))
+    keep_4bit_weights_unpacked(model)
+    return model, tokenizer, family, precision
+
+
 def train_lora(
     model,
     tokenizer,
@@ -194,8 +338,9 @@ def train_lora(
     work_dir: Path,
     callbacks: list | None = None,
     processes: int = 1,
-) -> tuple[PeftModel, dict[str, float]]:
-    """Train a fresh LoRA adapter on tokenized features; returns the peft model and final metrics.
+) -> tuple[PeftModel | PreTrainedModel, dict[str, float]]:
+    """Tune `model` by `cfg.method` on tokenized features; returns what trained (a peft model with
+    a fresh adapter or soft prompt, or `model` itself for `full`) and the final metrics.
 
     Checkpoints go to `work_dir` every `cfg.checkpoint_steps` steps (the last one kept); when
     `work_dir` already holds one, training continues from it, with the optimizer, scheduler, RNG
@@ -209,13 +354,13 @@ def train_lora(
     if cfg.batch_size % processes:
         raise ParamsError(f"params key 'train_lora.batch_size' ({cfg.batch_size}) must be divisible by "
                           f"base.num_processes ({processes})")
-    peft_model = attach_lora(model, family, cfg.r, cfg.alpha, cfg.dropout, lora_targets(model, cfg.target_modules))
+    trained = prepare_for_method(model, tokenizer, family, cfg)
     args = TrainingArguments(
         output_dir=str(work_dir),
         per_device_train_batch_size=cfg.batch_size // processes,
         per_device_eval_batch_size=cfg.batch_size // processes,
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
+        learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         weight_decay=cfg.weight_decay,
@@ -238,21 +383,23 @@ def train_lora(
     )
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE_INDEX, padding=True)
     trainer = Trainer(
-        model=peft_model,
+        model=trained,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[DivergenceCallback(cfg.lr), *(callbacks or [])],
+        callbacks=[DivergenceCallback(cfg.learning_rate), *(callbacks or [])],
     )
     resume = last_trainer_checkpoint(work_dir)
     if resume:
         print(f"train_lora: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate()
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    trainable, total = parameter_counts(trained)
     metrics = {
+        "method": cfg.method,
+        "lr": cfg.learning_rate,
         "train_loss": round(whole_run_loss(trainer.state.log_history), 4),
         "eval_loss": round(float(final_eval["eval_loss"]), 4),
         "train_runtime_s": round(float(result.metrics["train_runtime"]), 1),
@@ -260,4 +407,4 @@ def train_lora(
         "trainable_params": int(trainable),
         "total_params": int(total),
     }
-    return peft_model, metrics
+    return trained, metrics

@@ -12,8 +12,10 @@ package, dequantized by transformers through `gguf`), a Hub id, or a local folde
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,14 @@ IGNORE_INDEX = -100
 # Decoder-only architectures whose layers sit in `model.layers` and take rotary positions, which
 # `DecoderOnly.forward_response` can run from a middle layer up.
 ROTARY_LAYER_STACKS = ("llama", "mistral", "qwen2")
+# Between solved examples of a few-shot prompt written as plain text (as the FLAN-T5 DialogSum course does).
+EXAMPLE_SEPARATOR = "\n\n\n"
+
+
+def plain_few_shot(user_prompt: str, examples: Sequence[tuple[str, str]]) -> str:
+    """`user_prompt` led by solved examples written out as text: each example's prompt, its summary
+    after it (the prompt ends on `Summary:`), then the next."""
+    return EXAMPLE_SEPARATOR.join([f"{prompt} {summary}" for prompt, summary in examples] + [user_prompt])
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,10 @@ class EncoderDecoder:
     auto_class: Any = AutoModelForSeq2SeqLM
     peft_task_type: str = "SEQ_2_SEQ_LM"
 
-    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
-        return user_prompt
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, user_prompt: str,
+                    examples: Sequence[tuple[str, str]] = ()) -> str:
+        """The encoder's input: `user_prompt`, after the (prompt, summary) `examples` as plain text."""
+        return plain_few_shot(user_prompt, examples)
 
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -96,11 +108,16 @@ class DecoderOnly:
     auto_class: Any = AutoModelForCausalLM
     peft_task_type: str = "CAUSAL_LM"
 
-    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, user_prompt: str,
+                    examples: Sequence[tuple[str, str]] = ()) -> str:
+        """`user_prompt` as the last user turn of the chat, each (prompt, summary) of `examples` an
+        earlier user turn and the assistant's answer to it; plain text without a chat template."""
         if tokenizer.chat_template:
-            messages = [{"role": "user", "content": user_prompt}]
+            messages = [{"role": role, "content": content} for prompt, summary in examples
+                        for role, content in (("user", prompt), ("assistant", summary))]
+            messages.append({"role": "user", "content": user_prompt})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return user_prompt
+        return plain_few_shot(user_prompt, examples)
 
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
         # A rendered chat template already carries its special tokens.
@@ -223,6 +240,24 @@ def fit_dialogue(tokenizer, family: Family, template: str, dialogue: str, max_so
     dialogue_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"][:budget]
     short = tokenizer.decode(dialogue_ids, skip_special_tokens=True)
     return family.prompt_text(tokenizer, fill_prompt(template, short))
+
+
+def fit_examples(tokenizer, family: Family, template: str, dialogue: str, examples: Sequence[tuple[str, str]],
+                 max_source_tokens: int) -> tuple[str, int]:
+    """The few-shot prompt for `dialogue`, led by as many of the solved `examples` ((dialogue,
+    summary) pairs, in order) as fit the token budget whole, and how many that is.
+
+    Examples go from the last, and only with none left is the dialogue cut (`fit_dialogue`): the
+    test dialogue matters more than any example, and a cut example would teach a summary of text
+    the model cannot see.
+    """
+    user_prompt = fill_prompt(template, dialogue)
+    solved = [(fill_prompt(template, example), summary) for example, summary in examples]
+    for count in range(len(solved), 0, -1):
+        prompt = family.prompt_text(tokenizer, user_prompt, solved[:count])
+        if len(family.prompt_ids(tokenizer, prompt)) <= max_source_tokens:
+            return prompt, count
+    return fit_dialogue(tokenizer, family, template, dialogue, max_source_tokens), 0
 
 
 def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -356,11 +391,14 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dtype | None = None):
+def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dtype | None = None,
+               quantization_config=None):
     """Load a fetched model folder; returns (model, tokenizer, family).
 
     `no_dropout=True` zeroes every dropout probability in the config, so log-probs computed in
-    train mode are deterministic (needed wherever PPO compares policies).
+    train mode are deterministic (needed wherever PPO compares policies). A `quantization_config`
+    (bitsandbytes, for train_lora.method qlora) loads the weights quantized onto `device()`, where
+    they must stay: a quantized model cannot be moved.
     """
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
@@ -371,7 +409,9 @@ def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dty
             if isinstance(getattr(config, key, None), float):
                 setattr(config, key, 0.0)
     family = family_of(config)
-    model = family.auto_class.from_pretrained(str(model_dir), config=config, dtype=dtype)
+    placement = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                          "device_map": {"": device()}}
+    model = family.auto_class.from_pretrained(str(model_dir), config=config, dtype=dtype, **placement)
     return model, load_tokenizer(model_dir), family
 
 
@@ -473,28 +513,67 @@ def pad_prompts(tokenizer, family: Family, prompts: list[str], device_: torch.de
     return {key: value.to(device_) for key, value in batch.items()}
 
 
+# What a trained-model folder holds, as `saved_kind` reads it: a peft adapter, or a whole model.
+LORA, PROMPT_TUNING, FULL_MODEL = "lora", "prompt_tuning", "full"
+
+
+def saved_kind(folder: str | Path) -> str:
+    """What `folder` (artifacts/lora, artifacts/ppo) holds, from its files: a LoRA adapter (`lora`,
+    which train_lora.method lora and qlora both write), a soft prompt (`prompt_tuning`), or a whole
+    fine-tuned model (`full`: config.json and weights, no adapter_config.json). The one place that
+    tells them apart: loading, PPO and the registry ask it rather than the params."""
+    folder = Path(folder)
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        peft_type = json.loads(adapter_config.read_text()).get("peft_type")
+        kinds = {"LORA": LORA, "PROMPT_TUNING": PROMPT_TUNING}
+        if peft_type not in kinds:
+            raise ModelLoadError(f"{adapter_config}: a {peft_type} adapter; detoxsum loads LoRA and prompt-tuning ones")
+        return kinds[peft_type]
+    if (folder / "config.json").is_file():
+        return FULL_MODEL
+    raise ModelLoadError(f"{folder}: neither an adapter (adapter_config.json) nor a model (config.json); "
+                         "run the stage that trains it")
+
+
+def model_chain(base: str | Path, adapters: list[str | Path]) -> tuple[str | Path, list[str | Path]]:
+    """The base to load and the adapters to apply to it, for the chain `base` + `adapters`: when the
+    first folder holds a whole model (train_lora.method full) it *is* the base, and `base` is not
+    read at all; otherwise the chain is as given."""
+    if adapters and saved_kind(adapters[0]) == FULL_MODEL:
+        return adapters[0], list(adapters[1:])
+    return base, list(adapters)
+
+
 def load_with_adapters(model_dir: str | Path, adapters: list[str | Path], no_dropout: bool = False,
                        merge_all: bool = False):
-    """Base model with LoRA adapters applied in order: all but the last merged, the last kept live
+    """Base model with adapters applied in order: all but the last merged, the last kept live
     (or merged too with `merge_all`, for inference).
 
     `[]` is the base model, `[lora]` the SFT model, `[lora, ppo]` the PPO policy (whose adapter was
-    trained on top of the merged SFT weights).
+    trained on top of the merged SFT weights). A fully fine-tuned `lora` folder replaces `model_dir`
+    (`model_chain`).
     """
+    model_dir, adapters = model_chain(model_dir, adapters)
     model, tokenizer, family = load_model(model_dir, no_dropout=no_dropout)
     return apply_adapters(model, adapters, merge_all), tokenizer, family
 
 
 def apply_adapters(model, adapters: list[str | Path], merge_all: bool = False):
-    """Apply LoRA adapters in order to a loaded model: all but the last merged, the last kept live
-    unless `merge_all`. Inference merges every adapter: a live LoRA adds two small matmuls to each
-    adapted projection for every generated token, a merged one costs nothing."""
+    """Apply adapters in order to a loaded model: all but the last merged, the last kept live
+    unless `merge_all`. Inference merges every LoRA adapter: a live LoRA adds two small matmuls to
+    each adapted projection for every generated token, a merged one costs nothing. A soft prompt
+    (prompt tuning) has no weights to merge into: it stays a live peft model, and can only come last."""
     from peft import PeftModel
 
     for position, adapter in enumerate(adapters):
+        last = position == len(adapters) - 1
         if not Path(adapter, "adapter_config.json").is_file():
-            raise ModelLoadError(f"{adapter}: no LoRA adapter found; run the stage that trains it")
+            raise ModelLoadError(f"{adapter}: no adapter found; run the stage that trains it")
+        if saved_kind(adapter) == PROMPT_TUNING and not last:
+            raise ModelLoadError(f"{adapter}: a soft prompt (train_lora.method prompt_tuning) cannot take "
+                                 "another adapter on top")
         model = PeftModel.from_pretrained(model, str(adapter))
-        if merge_all or position < len(adapters) - 1:
+        if saved_kind(adapter) == LORA and (merge_all or not last):
             model = model.merge_and_unload()
     return model

@@ -18,8 +18,10 @@ from detoxsum.modeling import (
     device,
     family_of,
     fit_dialogue,
+    fit_examples,
     generate_summaries,
     load_source_model,
+    model_chain,
     sample_summaries,
 )
 from detoxsum.precision import resolve_for_model
@@ -71,10 +73,22 @@ class Summarizer:
         return [fit_dialogue(self.tokenizer, self.family, settings.prompt, dialogue, settings.max_source_tokens)
                 for dialogue in dialogues]
 
+    def few_shot_prompts(self, dialogues: list[str], examples: list[tuple[str, str]]) -> tuple[list[str], list[int]]:
+        """Each dialogue's prompt led by as many of the solved (dialogue, summary) `examples` as fit
+        `max_source_tokens`, and how many did (see `modeling.fit_examples`)."""
+        settings = self.settings
+        fitted = [fit_examples(self.tokenizer, self.family, settings.prompt, dialogue, examples,
+                               settings.max_source_tokens) for dialogue in dialogues]
+        return [prompt for prompt, _ in fitted], [count for _, count in fitted]
+
     def summarize(self, dialogues: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
         """One summary per dialogue, greedy (or beam search with num_beams > 1)."""
+        return self.complete(self.prompts(dialogues), show_progress, desc)
+
+    def complete(self, prompts: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
+        """One summary per rendered prompt (`prompts`, `few_shot_prompts`), greedy or beam search."""
         settings = self.settings
-        return generate_summaries(self.model, self.tokenizer, self.family, self.prompts(dialogues), settings.batch_size,
+        return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
                                   settings.max_new_tokens, settings.num_beams, precision=self.precision,
                                   desc=desc, show_progress=show_progress)
 
@@ -90,8 +104,12 @@ class Summarizer:
 def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings: GenerationSettings,
                     revision: str | None = None) -> Summarizer:
     """Load the base model from a `fetch.model` reference or folder (a Hub id at `revision`) and
-    apply `adapters` in order."""
-    model, tokenizer = load_source_model(str(base_model), revision=revision)
+    apply `adapters` in order. A fully fine-tuned first folder (train_lora.method full) is loaded in
+    place of the base, which is then not read (`modeling.model_chain`)."""
+    source, adapters = model_chain(base_model, adapters)
+    if source != base_model:
+        revision = None  # the revision pins the Hub base, not the fine-tuned folder
+    model, tokenizer = load_source_model(str(source), revision=revision)
     family = family_of(model.config)
     model = apply_adapters(model, adapters, merge_all=True)
     model.to(device())

@@ -28,11 +28,11 @@ Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
 """
 
 from detoxsum.ppo.model import PPOModel, ValueHead, build_ppo_model, forward_policy, load_value_head, save_ppo_model
-from detoxsum.ppo.rollout import RewardFn, Rollout, hardest_dialogues, render_prompts
+from detoxsum.ppo.rollout import DialogueReward, RewardFn, Rollout, hardest_dialogues, render_prompts
 from detoxsum.ppo.trainer import ADAM_EPS, ppo_step, summarize_history, train_ppo
 
 __all__ = [
-    "ADAM_EPS", "PPOModel", "RewardFn", "Rollout", "ValueHead", "build_ppo_model", "forward_policy",
+    "ADAM_EPS", "DialogueReward", "PPOModel", "RewardFn", "Rollout", "ValueHead", "build_ppo_model", "forward_policy",
     "hardest_dialogues", "load_value_head", "ppo_step", "render_prompts", "save_ppo_model",
     "summarize_history", "train_ppo",
 ]

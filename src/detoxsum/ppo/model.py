@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from detoxsum.config import TrainPPOConfig
+from detoxsum.errors import ParamsError
 from detoxsum.lora import attach_lora, lora_targets, lowest_layer, top_layer_targets
-from detoxsum.modeling import Family, float32_output_layer, load_model, load_with_adapters
+from detoxsum.modeling import PROMPT_TUNING, Family, float32_output_layer, load_model, load_with_adapters, saved_kind
 from detoxsum.precision import DTYPES, autocast
 
 if TYPE_CHECKING:
@@ -78,12 +79,14 @@ def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: 
                     precision: str = "fp32") -> PPOModel:
     """Base model with the SFT adapter(s) merged, a fresh PPO LoRA adapter on top, and a value head.
 
-    Dropout is zeroed in the config (T5's attention dropout is a float there, not a module), so the
-    log-probs of the rollout and of the update come from the same function.
+    A fully fine-tuned SFT model (train_lora.method full) takes the base's place: it becomes the
+    frozen reference and the adapter goes on it. Dropout is zeroed in the config (T5's attention
+    dropout is a float there, not a module), so the log-probs of the rollout and of the update come
+    from the same function.
     """
+    refuse_soft_prompt(sft_adapters)
     if sft_adapters:
-        merged, tokenizer, family = load_with_adapters(model_dir, sft_adapters, no_dropout=True)
-        merged = merged.merge_and_unload()
+        merged, tokenizer, family = load_with_adapters(model_dir, sft_adapters, no_dropout=True, merge_all=True)
     else:
         merged, tokenizer, family = load_model(model_dir, no_dropout=True)
     targets = lora_targets(merged, cfg.target_modules)
@@ -97,6 +100,16 @@ def build_ppo_model(model_dir: str | Path, sft_adapters: list[str | Path], cfg: 
         store_frozen_linears_in(policy, DTYPES[precision])
     value_head = ValueHead(merged.config.hidden_size)
     return PPOModel(policy, value_head, tokenizer, family, precision, frozen_from)
+
+
+def refuse_soft_prompt(sft_adapters: list[str | Path]) -> None:
+    """PPO's reference is the SFT model with its weights merged, and a soft prompt has none to
+    merge (it lives in the input), so an SFT model tuned by prompt tuning is refused up front."""
+    for adapter in sft_adapters:
+        if saved_kind(adapter) == PROMPT_TUNING:
+            raise ParamsError(f"params key 'train_lora.method' is 'prompt_tuning' ({adapter} holds a soft prompt), "
+                              "which train_ppo cannot build on: PPO adds a LoRA adapter to the merged SFT weights; "
+                              "use method lora, qlora or full")
 
 
 def store_frozen_linears_in(model: nn.Module, dtype: torch.dtype) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -28,8 +28,32 @@ from detoxsum.ppo.functional import entropy_from_logits, logprobs_from_logits
 from detoxsum.ppo.model import PPOModel, forward_policy
 from detoxsum.precision import autocast
 
-# texts -> one reward per text, shape [B]; a RewardModel's `rewards`, or any function in tests.
-RewardFn = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass
+class DialogueReward:
+    """A reward that reads each summary together with its dialogue (`train_ppo.reward.kind:
+    trained`): `score(summaries, dialogues) -> [B]`. The trainer knows rendered prompts, not
+    dialogues: `dialogue_of` maps each prompt back to its dialogue, and a text missing from it
+    stands for itself (hardest_dialogues scores a dialogue as the summary of itself)."""
+
+    score: Callable[[list[str], list[str]], torch.Tensor]
+    dialogue_of: dict[str, str] = field(default_factory=dict)
+
+
+# texts -> one reward per text, shape [B] (a RewardModel's `rewards`, or any function in tests);
+# or a DialogueReward, which also reads the dialogue each text summarizes.
+RewardFn = Callable[[list[str]], torch.Tensor] | DialogueReward
+
+
+def score_texts(reward_fn: RewardFn, texts: list[str], prompts: list[str] | None) -> torch.Tensor:
+    """The reward [B] of each text; `prompts[i]` is the prompt text i answers (a DialogueReward
+    needs them, a reward of the text alone ignores them)."""
+    if not isinstance(reward_fn, DialogueReward):
+        return reward_fn(texts)
+    if prompts is None or len(prompts) != len(texts):
+        raise ValueError("a DialogueReward needs one prompt per text")
+    return reward_fn.score(texts, [reward_fn.dialogue_of.get(prompt, prompt) for prompt in prompts])
 
 
 def render_prompts(dialogues: list[str], ppo: PPOModel, base: BaseConfig) -> list[str]:
@@ -44,7 +68,7 @@ def hardest_dialogues(dialogues: list[str], reward_fn: RewardFn, count: int | No
     """
     if count is None or count >= len(dialogues):
         return list(dialogues)
-    scores = reward_fn(list(dialogues)).tolist()
+    scores = score_texts(reward_fn, list(dialogues), list(dialogues)).tolist()
     order = sorted(range(len(dialogues)), key=lambda index: scores[index])
     return [dialogues[index] for index in order[:count]]
 
@@ -107,7 +131,7 @@ def ends_at_stop(response_ids: torch.Tensor, mask: torch.Tensor, stop_ids: list[
 
 
 def prefix_potentials(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor,
-                      reward_fn: RewardFn) -> torch.Tensor:
+                      reward_fn: RewardFn, prompts: list[str] | None = None) -> torch.Tensor:
     """Reward of the text of each response's first t tokens, t = 0 .. length - 1 ([B, T], 0 past the end).
 
     One reward_fn call over every prefix of the batch (about B * T / 2 short texts): cheap for a
@@ -115,7 +139,8 @@ def prefix_potentials(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor,
     """
     lengths = mask.sum(1).long().tolist()
     texts = [response_text(tokenizer, row[:t]) for row, n in zip(response_ids, lengths) for t in range(n)]
-    flat = reward_fn(texts).float()
+    prefix_prompts = None if prompts is None else [prompt for prompt, n in zip(prompts, lengths) for _ in range(n)]
+    flat = score_texts(reward_fn, texts, prefix_prompts).float()
     potentials = torch.zeros(mask.shape, dtype=torch.float32)  # filled on the host, moved once
     for row, chunk in enumerate(flat.cpu().split(lengths)):
         potentials[row, :len(chunk)] = chunk
@@ -137,7 +162,7 @@ def greedy_baselines(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, max
     with ppo.policy.disable_adapter():
         summaries = generate_summaries(ppo.policy, ppo.tokenizer, ppo.family, distinct, batch_size, max_new_tokens,
                                        precision=ppo.precision, show_progress=False)
-    return dict(zip(distinct, reward_fn(summaries).float().tolist()))
+    return dict(zip(distinct, score_texts(reward_fn, summaries, distinct).float().tolist()))
 
 
 def chunked_logprobs(ppo: PPOModel, rollout: Rollout, chunk_size: int):

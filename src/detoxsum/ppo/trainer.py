@@ -44,6 +44,7 @@ from detoxsum.ppo.rollout import (
     prefix_potentials,
     prompt_batches,
     sample_responses,
+    score_texts,
 )
 
 # lm-human-preferences ran TensorFlow's Adam with eps 1e-5; Huang et al. found PyTorch's Adam with
@@ -71,11 +72,12 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     with `reward_baseline: leave_one_out` the baselines come from the batch itself.
     """
     started = time.perf_counter()
-    # 1. rollout: sample a summary per prompt and score its text alone
+    # 1. rollout: sample a summary per prompt and score it (its text alone, or with its dialogue)
     rollout = sample_responses(ppo, prompts, cfg.max_new_tokens)
     mask = rollout.response_mask
     sampled = time.perf_counter()
-    raw_scores = reward_fn(decode_responses(ppo.tokenizer, rollout.response_ids, mask)).float().to(ppo.device)
+    texts = decode_responses(ppo.tokenizer, rollout.response_ids, mask)
+    raw_scores = score_texts(reward_fn, texts, prompts).float().to(ppo.device)
     assert raw_scores.shape == (len(prompts),), f"reward_fn must return one reward per text, got {raw_scores.shape}"
     scored = time.perf_counter()
 
@@ -102,7 +104,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     # 5. per-token rewards: the score at the last token, or spread over the tokens by
     #    `reward_shaping: prefix`; -beta * KL per token; optionally rescaled to unit variance
     if cfg.reward_shaping == "prefix":
-        potentials = clipped(prefix_potentials(ppo.tokenizer, rollout.response_ids, mask, reward_fn), cfg)
+        potentials = clipped(prefix_potentials(ppo.tokenizer, rollout.response_ids, mask, reward_fn, prompts), cfg)
         token_scores = prefix_shaped_scores(potentials, rollout.scores, mask, cfg.gamma)
     else:
         token_scores = scores_at_last_token(rollout.scores, mask)

@@ -20,6 +20,7 @@ import yaml
 
 from detoxsum.config import load_params, load_stage_config
 from detoxsum.errors import DataError
+from detoxsum.modeling import FULL_MODEL, saved_kind
 from detoxsum.outputs import run_stage, write_json_atomic
 from detoxsum.registry import PipelineRun, register_pipeline_run, tracking_uri
 from detoxsum.summarizer import GenerationSettings, adapter_chain
@@ -50,7 +51,7 @@ def main() -> None:
         base_model=fetch.model,
         adapters={path.name: path for path in adapters},
         settings=GenerationSettings.from_configs(base, evaluate),
-        bundled_base_dir=MODEL_DIR if cfg.bundle_base_model or revision is None else None,
+        bundled_base_dir=bundled_base(cfg.bundle_base_model, revision),
         base_model_revision=revision,
         predictions=read_jsonl(PREDICTIONS_FILE),
         artifact_files=[Path("params.yaml"), LOCK_FILE, *metrics_paths(), *PLOT_PATHS],
@@ -61,6 +62,15 @@ def main() -> None:
     write_json_atomic(DECISION_FILE, decision)
     verdict = "promoted to champion" if decision["promoted"] else "not promoted"
     print(f"register: {cfg.model_name} v{decision['version']} {verdict}: {decision['reason']}")
+
+
+def bundled_base(bundle_base_model: bool, revision: str | None) -> Path | None:
+    """artifacts/model when the version must carry its base (asked to, or no Hub commit to point
+    at); never when artifacts/lora is a whole fine-tuned model (train_lora.method full): that folder,
+    logged as the `lora` artifact, is then the base, and artifacts/model is not read."""
+    if saved_kind(LORA_DIR) == FULL_MODEL:
+        return None
+    return MODEL_DIR if bundle_base_model or revision is None else None
 
 
 def metrics_paths() -> list[Path]:

@@ -1,7 +1,9 @@
-"""train_lora: fine-tune a LoRA adapter on the tokenized dialogue/summary pairs.
+"""train_lora: fine-tune the summarizer on the tokenized dialogue/summary pairs (`train_lora.method`).
 
 Run: `python -m detoxsum.stages.train_lora`. Reads `base` and `train_lora` from params.yaml,
-`artifacts/model/` and `data/tokenized/`; writes the adapter to `artifacts/lora/`, final losses to
+`artifacts/model/` and `data/tokenized/`; writes to `artifacts/lora/` what the method trained (a
+LoRA adapter for lora and qlora, a soft prompt for prompt_tuning, the whole model and its tokenizer
+for full; see lora.py), final losses, the method, learning rate and trainable parameters to
 `metrics/train_lora.json`, and loss curves to `dvclive/train_lora/` (DVC plots). Checkpoints go to
 `checkpoints/train_lora/` every `train_lora.checkpoint_steps`; after a kill, `dvc repro` continues
 from the last one (see checkpoints.py), and they are removed once the adapter is written.
@@ -17,10 +19,8 @@ from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint
 from detoxsum.config import load_stage_config
 from detoxsum.distributed import is_main_process, relaunch_if_parallel
 from detoxsum.errors import DataError
-from detoxsum.lora import StepAlignedDVCLiveCallback, train_lora
-from detoxsum.modeling import device, load_model
+from detoxsum.lora import StepAlignedDVCLiveCallback, load_for_training, save_trained, train_lora
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
-from detoxsum.precision import resolve_for_model
 
 MODEL_DIR = Path("artifacts/model")
 TOKENIZED_DIR = Path("data/tokenized")
@@ -37,16 +37,14 @@ def main() -> None:
     if not TOKENIZED_DIR.is_dir():
         raise DataError(f"{TOKENIZED_DIR}: not found; run the tokenize stage")
     features = load_from_disk(str(TOKENIZED_DIR))
-    model, tokenizer, family = load_model(MODEL_DIR)
-    model.to(device())
-    precision = resolve_for_model(base.precision, model.config, model.device)
+    model, tokenizer, family, precision = load_for_training(MODEL_DIR, cfg.method, base.precision)
     main_process = is_main_process()  # one of several under `accelerate launch`: only rank 0 writes
     # Everything the trained adapter depends on: a checkpoint of another run is never resumed.
     run = fingerprint(cfg, base.seed, precision, base.num_processes, features["train"]._fingerprint,
                       features["validation"]._fingerprint, model.config.to_dict())
     work_dir = checkpoint_dir("train_lora", run)
     callbacks = [StepAlignedDVCLiveCallback(open_live)] if main_process else []
-    peft_model, metrics = train_lora(
+    trained, metrics = train_lora(
         model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
         work_dir, callbacks=callbacks, processes=base.num_processes,
     )
@@ -54,7 +52,7 @@ def main() -> None:
         return
     metrics.update(precision=precision, num_processes=base.num_processes)
     with atomic_dir(ADAPTER_DIR) as tmp:
-        peft_model.save_pretrained(tmp)
+        save_trained(trained, tokenizer, tmp)
     write_json_atomic(METRICS_FILE, metrics)
     discard(work_dir)
     print(f"train_lora: {metrics}")

@@ -7,7 +7,12 @@ curves (reward, KL, entropy, clip fraction, ...) to `dvclive/train_ppo/` (DVC pl
 `train_ppo.checkpoint_steps` steps the run's state goes to `checkpoints/train_ppo/`; after a kill,
 `dvc repro` continues from it (see checkpoints.py), and it is removed once the adapter is written.
 
+With `train_ppo.reward.kind: trained` the reward is train_reward stage's preference model
+(`artifacts/reward/`), which reads each summary together with its dialogue.
+
 The adapter loads back as `load_with_adapters("artifacts/model", ["artifacts/lora", "artifacts/ppo"])`.
+With `train_lora.method: full`, artifacts/lora is the whole SFT model: it is the frozen reference and
+the adapter goes on it. A soft prompt (`prompt_tuning`) is refused before anything loads.
 """
 
 import time
@@ -17,18 +22,22 @@ from dvclive import Live
 from transformers import AutoConfig, set_seed
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint, folder_digest
-from detoxsum.config import load_stage_config
+from detoxsum.config import RewardSpec, load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
 from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import (
-    build_ppo_model, hardest_dialogues, render_prompts, save_ppo_model, summarize_history, train_ppo,
+    DialogueReward, RewardFn, build_ppo_model, hardest_dialogues, render_prompts, save_ppo_model,
+    summarize_history, train_ppo,
 )
+from detoxsum.ppo.model import refuse_soft_prompt
 from detoxsum.reward import build_reward_model
+from detoxsum.reward_model import TrainedReward
 
 MODEL_DIR = Path("artifacts/model")
 LORA_DIR = Path("artifacts/lora")
+REWARD_DIR = Path("artifacts/reward")
 TRAIN_FILE = Path("data/filtered/train.jsonl")
 PPO_DIR = Path("artifacts/ppo")
 METRICS_FILE = Path("metrics/train_ppo.json")
@@ -38,17 +47,20 @@ LIVE_DIR = Path("dvclive/train_ppo")
 def main() -> None:
     base = load_stage_config("base")
     cfg = load_stage_config("train_ppo")
+    refuse_soft_prompt([LORA_DIR])  # before the reward model loads: no work for a run that cannot go on
     set_seed(base.seed)
-    reward_model = build_reward_model(cfg.reward)
-    dialogues = hardest_dialogues(list(read_jsonl_split(TRAIN_FILE)["dialogue"]), reward_model.rewards,
-                                  cfg.hardest_prompts)
+    reward_fn = ppo_reward(cfg.reward)
+    dialogues = hardest_dialogues(list(read_jsonl_split(TRAIN_FILE)["dialogue"]), reward_fn, cfg.hardest_prompts)
     model_config = AutoConfig.from_pretrained(MODEL_DIR)
     precision = resolve_for_model(base.precision, model_config, device())
     ppo = build_ppo_model(MODEL_DIR, [LORA_DIR], cfg, precision).to(device())
     prompts = render_prompts(dialogues, ppo, base)
+    if isinstance(reward_fn, DialogueReward):
+        reward_fn.dialogue_of.update(zip(prompts, dialogues))
     # Everything the trained adapter depends on: a checkpoint of another run is never resumed. Other
     # base weights of the same architecture come with another SFT adapter, so its bytes cover them.
-    run = fingerprint(cfg, base.seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR))
+    run = fingerprint(cfg, base.seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR),
+                      *([folder_digest(REWARD_DIR)] if cfg.reward.kind == "trained" else []))
     work_dir = checkpoint_dir("train_ppo", run)
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
@@ -58,7 +70,7 @@ def main() -> None:
         live.next_step()
 
     started = time.perf_counter()
-    history = train_ppo(ppo, prompts, reward_model.rewards, cfg, base.seed, on_step=log_step, checkpoints=work_dir)
+    history = train_ppo(ppo, prompts, reward_fn, cfg, base.seed, on_step=log_step, checkpoints=work_dir)
     summary = {**summarize_history(history, time.perf_counter() - started), "precision": precision}
     live.end()
     with atomic_dir(PPO_DIR) as tmp:
@@ -66,6 +78,14 @@ def main() -> None:
     write_json_atomic(METRICS_FILE, summary)
     discard(work_dir)
     print(f"train_ppo: {summary}")
+
+
+def ppo_reward(spec: RewardSpec) -> RewardFn:
+    """What PPO scores summaries with: a classifier's reward of the summary alone, or (kind
+    `trained`) the preference model's reward of the summary given its dialogue."""
+    if spec.kind == "trained":
+        return DialogueReward(TrainedReward.load(REWARD_DIR).rewards)
+    return build_reward_model(spec).rewards
 
 
 if __name__ == "__main__":
