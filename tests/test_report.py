@@ -224,3 +224,12 @@ def test_workflows_split_read_and_write():
     assert "workflow_run:" in comment and "pull-requests: write" in comment
     assert "ref:" not in comment and "make " not in comment  # never checks out or builds the PR's code
     assert "secrets." not in metrics + comment
+
+
+def test_a_figure_the_base_run_lacks_is_not_shown_as_unchanged():
+    from detoxsum.report import headline_cell
+
+    head = {"rougeL": 27.03, "rougeL_ci_low": 25.58, "rougeL_ci_high": 28.52}
+    assert headline_cell({}, head, "rougeL") == "– → **27.03**<br><sub>[25.58, 28.52]</sub>"
+    assert headline_cell({"rougeL": 27.03}, head, "rougeL").startswith("27.03<br>")  # unchanged: one value
+    assert headline_cell(None, head, "rougeL").startswith("27.03<br>")  # no base run at all

@@ -7,10 +7,11 @@ whatever the source called them, so later stages never see source-specific names
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +55,23 @@ def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
     return DatasetDict({name: _cap_rows(splits[name], caps[name], seed) for name in SPLITS})
 
 
+@contextlib.contextmanager
+def extracted_zip(path: Path) -> Iterator[Path]:
+    """A temporary folder holding the zip's files. Tables are read whole into memory, so the copy
+    goes as soon as the caller has read them, failure or not."""
+    with tempfile.TemporaryDirectory(prefix="detoxsum-zip-") as extracted:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(extracted)
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{path}: not a readable zip file ({exc})") from exc
+        yield Path(extracted)
+
+
 def _local_frames(path: Path) -> dict[str, tuple[pd.DataFrame, str]]:
     if path.suffix == ".zip":
-        # Tables are read whole into memory, so the extracted copy can go as soon as they are read,
-        # failure or not.
-        with tempfile.TemporaryDirectory(prefix="detoxsum-zip-") as extracted:
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    archive.extractall(extracted)
-            except zipfile.BadZipFile as exc:
-                raise DataError(f"{path}: not a readable zip file ({exc})") from exc
-            return _folder_frames(Path(extracted), label=str(path))
+        with extracted_zip(path) as extracted:
+            return _folder_frames(extracted, label=str(path))
     if path.is_dir():
         return _folder_frames(path, label=str(path))
     return {"all": (read_table(path), str(path))}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from detoxsum.config import TrainRewardConfig, looks_local
-from detoxsum.data import DATA_SUFFIXES, read_table
+from detoxsum.data import DATA_SUFFIXES, extracted_zip, read_table
 from detoxsum.errors import DataError, first_line
 
 FEEDBACK_COLUMNS = ("info", "summaries", "choice")
@@ -59,12 +57,7 @@ def read_preference_table(cfg: TrainRewardConfig) -> tuple[pd.DataFrame, str]:
 
 def _zip_table(path: Path) -> tuple[pd.DataFrame, str]:
     """A zip's one data file, or its file with `train` in the name."""
-    with tempfile.TemporaryDirectory(prefix="detoxsum-prefs-") as extracted:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                archive.extractall(extracted)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{path}: not a readable zip file ({exc})") from exc
+    with extracted_zip(path) as extracted:
         files = sorted(p for p in Path(extracted).rglob("*") if p.suffix in DATA_SUFFIXES
                        and "__MACOSX" not in p.parts)
         if len(files) > 1:

@@ -169,14 +169,17 @@ def toxicity_columns(runs: list[Run]) -> list[tuple[str, str]]:
 
 
 def headline_cell(base: dict | None, head: dict, key: str, unit: str = "") -> str:
-    """`27.03 → **27.61** (+0.58)` with both intervals beneath; one value (and interval) when the
-    base run has none or the value did not change."""
+    """`27.03 → **27.61** (+0.58)` with both intervals beneath; one value (and interval) when there
+    is no base run or the value did not change; `– → **0.15**` when the base run lacks the figure."""
     old, new = (base or {}).get(key), head.get(key)
     if not is_number(new):
         return "–" if not is_number(old) else f"{old:.4g}{unit} → –"
-    if base is None or old == new or not is_number(old):
+    if base is None or old == new:
         ci = interval(head, key, unit)
         return f"{new:.4g}{unit}" + (f"<br><sub>{ci}</sub>" if ci else "")
+    if not is_number(old):
+        ci = interval(head, key, unit)
+        return f"– → **{new:.4g}{unit}**" + (f"<br><sub>{ci}</sub>" if ci else "")
     cell = f"{old:.4g}{unit} → **{new:.4g}{unit}** ({new - old:+.3g})"
     cis = interval(base, key, unit), interval(head, key, unit)
     return cell + (f"<br><sub>{cis[0]} → {cis[1]}</sub>" if all(cis) else "")
@@ -202,7 +205,8 @@ def headline_table(base: Run | None, head: Run) -> list[str]:
         lines.append("| LoRA → PPO | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ["metrics/evaluate.json has no per-model ROUGE-L or toxicity."]
-    cells = ("Cells: base → **this PR** (change), 95 % bootstrap intervals beneath; one value: unchanged."
+    cells = ("Cells: base → **this PR** (change), 95 % bootstrap intervals beneath; one value: unchanged; "
+             "–: the run has no such figure."
              if base else "95 % bootstrap intervals beneath each value.")
     return lines + ["", "<sub>Toxicity: per classifier, the heated expected max (the worst of several sampled "
                     "summaries, on the most provocative test dialogues) where the run has it, else the mean. "
