@@ -7,7 +7,9 @@ method trains at its own default rate (config.METHOD_LR; one rate for all of the
 `generate_lora` loads artifacts/lora (`load_with_adapters`, adapters merged) and summarizes the test
 dialogues greedily with `evaluate`'s decoding settings. The wall time is train_lora's from loading
 the base to the final evaluation (what the stage costs); `train_s` is Trainer's training loop alone.
-A row `base` (no tuning) is the zero-shot reference. Where bitsandbytes has no 4-bit kernels, qlora's
+A row `base` (no tuning) is the zero-shot reference; `--shots 1,3` adds the prompt baselines, the
+base model with 1 and 3 solved training examples before each dialogue, drawn and fitted as
+`generate_base` does (`evaluate.shots`, `evaluate.few_shot_max_source_tokens`). Where bitsandbytes has no 4-bit kernels, qlora's
 row says so instead of failing the run.
 
 It reads a workspace the pipeline has run in up to `tokenize` (`artifacts/model`, `data/tokenized`,
@@ -42,7 +44,7 @@ from _shapes import describe_machine, print_machine, write_json  # noqa: E402
 from detoxsum.config import TUNING_METHODS, load_stage_config  # noqa: E402
 from detoxsum.data import read_jsonl_split  # noqa: E402
 from detoxsum.errors import ParamsError  # noqa: E402
-from detoxsum.evaluation import TestSet  # noqa: E402
+from detoxsum.evaluation import TestSet, draw_examples  # noqa: E402
 from detoxsum.lora import load_for_training, save_trained, train_lora  # noqa: E402
 from detoxsum.metrics import rouge  # noqa: E402
 from detoxsum.modeling import device, load_with_adapters  # noqa: E402
@@ -58,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a workspace after `dvc repro tokenize` (artifacts/model, data/tokenized, params.yaml)")
     parser.add_argument("--methods", default=",".join(TUNING_METHODS), help="comma-separated, in table order")
     parser.add_argument("--no-base", action="store_true", help="leave out the untuned base model's row")
+    parser.add_argument("--shots", default="", help="few-shot baselines of the base model, e.g. 1,3")
     parser.add_argument("--train-rows", type=int, help="train on the first N tokenized rows only (a quick try)")
     parser.add_argument("--eval-rows", type=int, help="compute the validation loss on the first N rows only")
     parser.add_argument("--test-rows", type=int, help="summarize the first N test dialogues only")
@@ -66,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, help="one learning rate for every method (default: each method's own)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
-    unknown = [m for m in args.methods.split(",") if m not in TUNING_METHODS]
+    unknown = [m for m in args.methods.split(",") if m and m not in TUNING_METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {', '.join(TUNING_METHODS)}")
     return args
@@ -81,6 +84,28 @@ def score(model_dir: Path, adapters: list[Path], test_set: TestSet, settings: Ge
     scores = rouge(summaries, test_set.references)
     return {"rouge1": scores["rouge1"], "rougeL": scores["rougeL"], "generate_s": round(time.perf_counter() - started, 1),
             "example": summaries[0] if summaries else ""}
+
+
+def score_few_shot(project: Path, test_set: TestSet, settings: GenerationSettings, base, evaluate,
+                   shots: list[int]) -> list[dict]:
+    """Greedy ROUGE of the base model prompted with k training examples, for each k in `shots`."""
+    model, tokenizer, family = load_with_adapters(project / "artifacts" / "model", [], merge_all=True)
+    model.to(device())
+    budget = evaluate.few_shot_max_source_tokens or base.max_source_tokens
+    summarizer = Summarizer(model, tokenizer, family, dataclasses.replace(settings, max_source_tokens=budget))
+    train = read_jsonl_split(project / "data" / "filtered" / "train.jsonl")
+    examples = draw_examples(train, max(shots), base.seed, set(test_set.dialogues))
+    rows = []
+    for count in shots:
+        prompts, fitted = summarizer.few_shot_prompts(test_set.dialogues, examples.pairs(count))
+        started = time.perf_counter()
+        summaries = summarizer.complete(prompts, show_progress=True)
+        scores = rouge(summaries, test_set.references)
+        rows.append({"method": f"base {count}-shot", "rouge1": scores["rouge1"], "rougeL": scores["rougeL"],
+                     "generate_s": round(time.perf_counter() - started, 1),
+                     "examples_in_prompt_mean": round(sum(fitted) / len(fitted), 2)})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def run_method(method: str, project: Path, features, base, cfg, settings, test_set, work: Path) -> dict:
@@ -110,8 +135,8 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         if "skipped" in row:
             print(f"{row['method']:<14} skipped: {row['skipped']}")
-        elif row["method"] == "base":
-            print(f"{'base':<14} {'-':>12} {'-':>7} {'-':>7} {'-':>7} {'-':>9} {row['rouge1']:>7.2f} {row['rougeL']:>7.2f}")
+        elif row["method"].startswith("base"):
+            print(f"{row['method']:<14} {'-':>12} {'-':>7} {'-':>7} {'-':>7} {'-':>9} {row['rouge1']:>7.2f} {row['rougeL']:>7.2f}")
         else:
             share = 100 * row["trainable_params"] / row["total_params"]
             print(f"{row['method']:<14} {row['trainable_params']:>12,} {share:>6.2f}% {row['lr']:>7.0e} "
@@ -142,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     if not args.no_base:
         rows.append({"method": "base", **score(project / "artifacts" / "model", [], test_set, settings)})
+    if args.shots:
+        rows += score_few_shot(project, test_set, settings, base, evaluate, [int(k) for k in args.shots.split(",")])
     with tempfile.TemporaryDirectory(prefix="methods-") as work:
-        for method in args.methods.split(","):
+        for method in filter(None, args.methods.split(",")):
             print(f"\n== {method}", flush=True)
             rows.append(run_method(method, project, features, base, cfg, settings, test_set, Path(work)))
             print(rows[-1], flush=True)  # on record even if a later method is stopped

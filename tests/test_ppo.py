@@ -20,8 +20,6 @@ from conftest import fixture_rows
 from detoxsum.config import BaseConfig, TrainPPOConfig
 from detoxsum.lora import attach_lora, lora_targets
 from detoxsum.modeling import (
-    decode_responses,
-    end_token_ids,
     generate_summaries,
     load_model,
     load_tokenizer,

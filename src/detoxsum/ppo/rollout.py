@@ -29,7 +29,6 @@ from detoxsum.ppo.model import PPOModel, forward_policy
 from detoxsum.precision import autocast
 
 
-
 @dataclass
 class DialogueReward:
     """A reward that reads each summary together with its dialogue (`train_ppo.reward.kind:
