@@ -570,10 +570,11 @@ def apply_adapters(model, adapters: list[str | Path], merge_all: bool = False):
         last = position == len(adapters) - 1
         if not Path(adapter, "adapter_config.json").is_file():
             raise ModelLoadError(f"{adapter}: no adapter found; run the stage that trains it")
-        if saved_kind(adapter) == PROMPT_TUNING and not last:
+        kind = saved_kind(adapter)
+        if kind == PROMPT_TUNING and not last:
             raise ModelLoadError(f"{adapter}: a soft prompt (train_lora.method prompt_tuning) cannot take "
                                  "another adapter on top")
         model = PeftModel.from_pretrained(model, str(adapter))
-        if saved_kind(adapter) == LORA and (merge_all or not last):
+        if kind == LORA and (merge_all or not last):
             model = model.merge_and_unload()
     return model

@@ -149,8 +149,18 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    """JSON lines: one object per line, non-ASCII kept as is."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file (blank lines skipped): what `write_jsonl_atomic` wrote."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text_atomic(path, jsonl_text(rows))
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -37,6 +37,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from detoxsum.config import RegisterConfig
 from detoxsum.errors import ModelLoadError, first_line
+from detoxsum.outputs import jsonl_text, read_jsonl
 from detoxsum.promotion import (
     Decision,
     GateScores,
@@ -286,7 +287,7 @@ def logged_predictions(client: MlflowClient, run_id: str | None) -> list[dict] |
         with tempfile.TemporaryDirectory() as folder:
             # connect() set the tracking URI this client talks to
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PREDICTIONS_ARTIFACT, dst_path=folder)
-            return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+            return read_jsonl(path)
     except (MlflowException, OSError, json.JSONDecodeError):
         return None
 
@@ -332,8 +333,7 @@ def log_and_register(run: PipelineRun, cfg: RegisterConfig, fingerprint: str, ex
         for path in run.artifact_files:
             log_artifact_path(path)
         if run.predictions:
-            mlflow.log_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in run.predictions),
-                            PREDICTIONS_ARTIFACT)
+            mlflow.log_text(jsonl_text(run.predictions), PREDICTIONS_ARTIFACT)
         model_info = log_summarizer(run)
     return mlflow.register_model(model_info.model_uri, cfg.model_name, tags=version_tags)
 

@@ -21,7 +21,7 @@ import yaml
 from detoxsum.config import load_params, load_stage_config
 from detoxsum.errors import DataError
 from detoxsum.modeling import FULL_MODEL, saved_kind
-from detoxsum.outputs import run_stage, write_json_atomic
+from detoxsum.outputs import read_jsonl, run_stage, write_json_atomic
 from detoxsum.registry import PipelineRun, register_pipeline_run, tracking_uri
 from detoxsum.summarizer import GenerationSettings, adapter_chain
 
@@ -53,7 +53,7 @@ def main() -> None:
         settings=GenerationSettings.from_configs(base, evaluate),
         bundled_base_dir=bundled_base(cfg.bundle_base_model, revision),
         base_model_revision=revision,
-        predictions=read_jsonl(PREDICTIONS_FILE),
+        predictions=read_predictions(PREDICTIONS_FILE),
         artifact_files=[Path("params.yaml"), LOCK_FILE, *metrics_paths(), *PLOT_PATHS],
         tags=experiment_tags(),
     )
@@ -91,10 +91,10 @@ def resolved_model_revision(metrics: dict[str, dict]) -> str | None:
     return model.get("revision") if model.get("kind") == "hub" else None
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_predictions(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: not found; run the evaluate stage")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def git_commit() -> str:
