@@ -104,6 +104,13 @@ def test_ppo_minibatch_must_divide_batch():
     assert build_config(TrainPPOConfig, {"batch_size": 8, "minibatch_size": 2}, "train_ppo").num_minibatches == 4
 
 
+def test_ppo_seed_is_null_or_a_seed_numpy_and_torch_accept():
+    assert build_config(TrainPPOConfig, {}, "train_ppo").seed is None
+    assert build_config(TrainPPOConfig, {"seed": 7}, "train_ppo").seed == 7
+    with pytest.raises(ParamsError, match=r"train_ppo\.seed"):
+        build_config(TrainPPOConfig, {"seed": -1}, "train_ppo")
+
+
 def test_unknown_stage_and_missing_file(tmp_path):
     (tmp_path / "params.yaml").write_text("trian_lora: {}\n")
     with pytest.raises(ParamsError, match="trian_lora"):

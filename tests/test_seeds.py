@@ -59,3 +59,43 @@ def test_the_readme_figure_draws_every_seed_of_both_models(tmp_path):
     stored.write_text(json.dumps({"runs": {run: None for run in runs}, "figures": table}))
     main(["--from-json", str(stored), "--figure", str(tmp_path / "figure.png")])
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_settings_on_the_same_seeds_give_the_mean_difference_and_its_t_interval(tmp_path, capsys):
+    from detoxsum.seeds import main, paired_differences, render_paired
+
+    runs = experiments_from_show(show_json({
+        "new-1": (1, evaluate_metrics(-50.0, -70.0, -30.0, 30.0)),
+        "new-2": (2, evaluate_metrics(-30.0, -50.0, -10.0, 30.0)),
+        "new-3": (3, evaluate_metrics(-40.0, -60.0, -20.0, 30.0)),
+        "old-1": (1, evaluate_metrics(-40.0, -60.0, -20.0, 30.0)),
+        "old-2": (2, evaluate_metrics(-30.0, -50.0, -10.0, 30.0)),
+        "old-3": (3, evaluate_metrics(-20.0, -40.0, 0.0, 30.0)),
+    }))
+    new = {name: runs[name] for name in ("new-1", "new-2", "new-3")}
+    old = {name: runs[name] for name in ("old-1", "old-2", "old-3")}
+    row = paired_differences(new, old)["heated: expected max, reward classifier, %"]
+    assert row["per_run"] == {"new-1 - old-1": -10.0, "new-2 - old-2": 0.0, "new-3 - old-3": -20.0}
+    # mean -10, sd 10, t(0.975, 2) = 4.303: half width 4.303 * 10 / sqrt(3) = 24.841
+    assert row["mean"] == -10.0 and row["sd"] == 10.0
+    assert (row["ci_low"], row["ci_high"]) == (-34.841, 14.841)
+    pairs = list(row["per_run"])
+    assert "| heated: expected max, reward classifier, % | -10.00 | 0.000 | -20.00 | -10.00 | [-34.84, 14.84] |" in \
+        render_paired({"heated: expected max, reward classifier, %": row}, pairs)
+    stored = tmp_path / "paired.json"
+    stored.write_text(json.dumps({"pairs": pairs, "figures": {"x": row}}))
+    main(["--from-json", str(stored)])
+    assert "| x | -10.00 | 0.000 | -20.00 | -10.00 | [-34.84, 14.84] |" in capsys.readouterr().out
+
+
+def test_against_needs_as_many_names():
+    import pytest
+
+    from detoxsum.errors import DataError
+    from detoxsum.seeds import compare_settings
+
+    runs = experiments_from_show(show_json({"a": (1, evaluate_metrics(-1, -2, 0, 30)), "b": (1, evaluate_metrics(-1, -2, 0, 30))}))
+    with pytest.raises(DataError, match="--against needs --names"):
+        compare_settings(runs, ["a"], ["a", "b"], None)
+    with pytest.raises(DataError, match="no experiment with metrics named 'c'"):
+        compare_settings(runs, ["c"], ["a"], None)

@@ -333,6 +333,9 @@ class RewardSpec:
 @dataclass(frozen=True)
 class TrainPPOConfig:
     steps: int = 8  # PPO iterations, each one rollout batch + its update
+    # PPO's own seed (sampling, prompt order, minibatches); null: base.seed. Varying it alone gives
+    # PPO's seed-to-seed spread on one LoRA model and one evaluation draw, without retraining LoRA.
+    seed: int | None = None
     batch_size: int = 8  # prompts per rollout
     minibatch_size: int = 4
     ppo_epochs: int = 2
@@ -386,6 +389,8 @@ class TrainPPOConfig:
     reward: RewardSpec = field(default_factory=RewardSpec)
 
     def __post_init__(self) -> None:
+        _require(self.seed is None or 0 <= self.seed < 2**32, "train_ppo.seed",
+                 f"must be null or in 0 .. 4294967295, got {self.seed}")
         _require(self.reward_baseline in ("none", "greedy", "leave_one_out"), "train_ppo.reward_baseline",
                  f"must be 'none', 'greedy' or 'leave_one_out', got {self.reward_baseline!r}")
         _require(self.samples_per_prompt > 0 and self.batch_size % self.samples_per_prompt == 0,

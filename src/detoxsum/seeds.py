@@ -7,6 +7,13 @@ Run the study, then this (docs/guide.md, "Seeds, not one run"):
     python -m detoxsum.seeds   # or: --names seed-1 seed-2 ... ; --json results/seeds.json
     python -m detoxsum.seeds --from-json results/seeds.json --figure docs/detox-seeds.png
 
+Two settings on the same seeds (e.g. PPO's reward, `train_ppo.seed` varied on one LoRA model):
+
+    python -m detoxsum.seeds --names trained-1 trained-2 trained-3 --against clf-1 clf-2 clf-3
+
+prints each figure's difference within each pair (names[i] - against[i]), the mean difference and its
+95 % t interval over the pairs.
+
 For each figure it prints every seed's value, the mean and sample sd over seeds, and in how many
 seeds the paired 95 % interval of the LoRA -> PPO change excludes 0 (a change that one seed's test
 set can tell from noise). Reads `dvc exp show --json`; experiments without metrics are skipped.
@@ -16,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 from pathlib import Path
+
+from scipy.stats import t as student_t
 
 from detoxsum.errors import DataError
 from detoxsum.outputs import run_stage, write_json_atomic
@@ -65,7 +75,8 @@ def lookup(metrics: dict, path: str):
 
 
 def experiments_from_show(show: list) -> dict[str, dict]:
-    """{experiment name: {"seed": ..., "metrics": evaluate.json}} from `dvc exp show --json`."""
+    """{experiment name: {"seed": base.seed, "ppo_seed": train_ppo.seed, "metrics": evaluate.json}}
+    from `dvc exp show --json`."""
     found: dict[str, dict] = {}
 
     def visit(node, name=None):
@@ -76,7 +87,8 @@ def experiments_from_show(show: list) -> dict[str, dict]:
                 metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
                 params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
                 if metrics:
-                    found[name] = {"seed": lookup(params, "base.seed"), "metrics": metrics}
+                    found[name] = {"seed": lookup(params, "base.seed"), "ppo_seed": lookup(params, "train_ppo.seed"),
+                                   "metrics": metrics}
             for value in node.values():
                 visit(value, name)
         elif isinstance(node, list):
@@ -103,6 +115,37 @@ def summarise(runs: dict[str, dict]) -> dict:
             row["interval_excludes_0"] = f"{len(excluded)}/{len(values)}"
         table[label] = row
     return table
+
+
+def paired_differences(runs: dict[str, dict], against: dict[str, dict]) -> dict:
+    """Per figure: the difference runs[i] - against[i] within each pair (matched by position), their
+    mean, sd and the 95 % t interval of the mean difference over the pairs (n - 1 degrees of freedom).
+    Pairs share a seed, so what both settings' runs have in common (LoRA model, evaluation draws)
+    cancels and the interval is about the settings, not about the seeds."""
+    table = {}
+    for label, path in CHANGES + LEVELS:
+        differences = {}
+        for (name, run), (other_name, other) in zip(runs.items(), against.items()):
+            value, other_value = lookup(run["metrics"], path), lookup(other["metrics"], path)
+            if value is not None and other_value is not None:
+                differences[f"{name} - {other_name}"] = value - other_value
+        if len(differences) < 2:
+            continue
+        mean, sd = statistics.fmean(differences.values()), statistics.stdev(differences.values())
+        half_width = float(student_t.ppf(0.975, len(differences) - 1)) * sd / math.sqrt(len(differences))
+        table[label] = {"per_run": differences, "mean": round(mean, 3), "sd": round(sd, 3),
+                        "ci_low": round(mean - half_width, 3), "ci_high": round(mean + half_width, 3)}
+    return table
+
+
+def render_paired(table: dict, pairs: list[str]) -> str:
+    lines = ["| figure | " + " | ".join(pairs) + " | mean difference | 95 % interval (t, over pairs) |",
+             "|" + "---|" * (len(pairs) + 3)]
+    for label, row in table.items():
+        cells = [figure(row["per_run"][pair]) if pair in row["per_run"] else "" for pair in pairs]
+        lines.append(f"| {label} | " + " | ".join(cells) +
+                     f" | {figure(row['mean'])} | [{figure(row['ci_low'])}, {figure(row['ci_high'])}] |")
+    return "\n".join(lines)
 
 
 def excludes_zero(metrics: dict, path: str) -> bool:
@@ -166,6 +209,9 @@ def write_figure(table: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", nargs="*", help="experiments to summarise (default: every one with metrics)")
+    parser.add_argument("--against", nargs="*",
+                        help="experiments of another setting, paired with --names by position: prints the "
+                             "differences within pairs and the mean difference's 95 %% t interval")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
     parser.add_argument("--from-json", type=Path, help="summarise a table written by --json instead of dvc exp show")
     parser.add_argument("--figure", type=Path, help="also draw LoRA vs PPO per seed as a PNG here")
@@ -175,31 +221,61 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.from_json:
         stored = json.loads(args.from_json.read_text())
+        if "pairs" in stored:  # written with --against
+            print(render_paired(stored["figures"], stored["pairs"]))
+            return
         print(render(stored["figures"], list(stored["runs"])))
         if args.figure:
             write_figure(stored["figures"], args.figure)
         return
-    show = ["dvc", "exp", "show", "--json", *(["--all-commits"] if args.all_commits else [])]
-    shown = subprocess.run(show, capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise DataError(f"dvc exp show failed: {shown.stderr.strip().splitlines()[-1:]}")
-    runs = experiments_from_show(json.loads(shown.stdout))
+    runs = experiments_from_show(dvc_exp_show(args.all_commits))
+    if args.against:
+        compare_settings(runs, args.names, args.against, args.json)
+        return
     if args.names:
-        missing = [name for name in args.names if name not in runs]
-        if missing:
-            raise DataError(f"no experiment with metrics named {missing[0]!r} (have: {', '.join(sorted(runs))})")
-        runs = {name: runs[name] for name in args.names}
+        runs = select(runs, args.names)
     if len(runs) < 2:
         raise DataError(f"need at least 2 experiments with metrics/evaluate.json, found {len(runs)}")
     names = sorted(runs, key=lambda name: (runs[name]["seed"] is None, runs[name]["seed"], name))
     table = summarise(runs)
-    print("seeds: " + ", ".join(f"{name} (base.seed={runs[name]['seed']})" for name in names))
+    print("seeds: " + ", ".join(f"{name} ({describe_seeds(runs[name])})" for name in names))
     print(render(table, names))
     if args.json:
         write_json_atomic(args.json, {"runs": {n: runs[n]["seed"] for n in names}, "figures": table})
     if args.figure:
         write_figure(table, args.figure)
 
+
+def compare_settings(runs: dict[str, dict], names: list[str] | None, against: list[str], json_path: Path | None) -> None:
+    if not names or len(names) != len(against):
+        raise DataError("--against needs --names with as many experiments, paired by position")
+    table = paired_differences(select(runs, names), select(runs, against))
+    pairs = [f"{name} - {other}" for name, other in zip(names, against)]
+    print("seeds: pairs " + ", ".join(f"{name} - {other} ({describe_seeds(runs[name])})"
+                                      for name, other in zip(names, against)))
+    print(render_paired(table, pairs))
+    if json_path:
+        write_json_atomic(json_path, {"pairs": pairs, "figures": table})
+
+
+def dvc_exp_show(all_commits: bool) -> list:
+    show = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    shown = subprocess.run(show, capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise DataError(f"dvc exp show failed: {shown.stderr.strip().splitlines()[-1:]}")
+    return json.loads(shown.stdout)
+
+
+def select(runs: dict[str, dict], names: list[str]) -> dict[str, dict]:
+    missing = [name for name in names if name not in runs]
+    if missing:
+        raise DataError(f"no experiment with metrics named {missing[0]!r} (have: {', '.join(sorted(runs))})")
+    return {name: runs[name] for name in names}
+
+
+def describe_seeds(run: dict) -> str:
+    ppo_seed = run.get("ppo_seed")
+    return f"base.seed={run['seed']}" + ("" if ppo_seed is None else f", train_ppo.seed={ppo_seed}")
 
 if __name__ == "__main__":
     run_stage(main)

@@ -48,7 +48,8 @@ def main() -> None:
     base = load_stage_config("base")
     cfg = load_stage_config("train_ppo")
     refuse_soft_prompt([LORA_DIR])  # before the reward model loads: no work for a run that cannot go on
-    set_seed(base.seed)
+    seed = base.seed if cfg.seed is None else cfg.seed
+    set_seed(seed)
     reward_fn = ppo_reward(cfg.reward)
     dialogues = hardest_dialogues(list(read_jsonl_split(TRAIN_FILE)["dialogue"]), reward_fn, cfg.hardest_prompts)
     model_config = AutoConfig.from_pretrained(MODEL_DIR)
@@ -59,7 +60,7 @@ def main() -> None:
         reward_fn.dialogue_of.update(zip(prompts, dialogues))
     # Everything the trained adapter depends on: a checkpoint of another run is never resumed. Other
     # base weights of the same architecture come with another SFT adapter, so its bytes cover them.
-    run = fingerprint(cfg, base.seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR),
+    run = fingerprint(cfg, seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR),
                       *([folder_digest(REWARD_DIR)] if cfg.reward.kind == "trained" else []))
     work_dir = checkpoint_dir("train_ppo", run)
     live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -70,7 +71,7 @@ def main() -> None:
         live.next_step()
 
     started = time.perf_counter()
-    history = train_ppo(ppo, prompts, reward_fn, cfg, base.seed, on_step=log_step, checkpoints=work_dir)
+    history = train_ppo(ppo, prompts, reward_fn, cfg, seed, on_step=log_step, checkpoints=work_dir)
     summary = {**summarize_history(history, time.perf_counter() - started), "precision": precision}
     live.end()
     with atomic_dir(PPO_DIR) as tmp:
