@@ -4,12 +4,18 @@ Run: `python scripts/make_preferences.py` (deterministic; rerun after editing da
 Only the training dialogues are read: the test dialogues stay unseen by every model, the reward
 model included.
 
-Each training dialogue gives two pairs, both with its reference summary as `chosen`:
+Each training dialogue gives three pairs, all with its reference summary as `chosen`:
 - `polite_vs_rude`: `rejected` is the same summary made rude (insulting names for the speakers,
   sneering verbs, a jeering opener or closer; the rewrites below, varied by row);
 - `faithful_vs_off_topic`: `rejected` is another dialogue's summary (on another topic), or, for
-  every third dialogue, the reference with a fact changed (weekdays, numbers, or who did what).
+  every third dialogue, the reference with a fact changed (weekdays, numbers, or who did what);
+- `complete_vs_truncated`: `rejected` is the summary's first half, cut mid-sentence.
 Every row records its `family` and the `variant` of rewrite.
+
+The third family is there for length. Every rude rewrite adds words, so with the first two families
+alone "the shorter summary wins" is right on every rude pair, a reward model learns it, and PPO
+against that model cut its summaries from 28 to 17 words (docs/experiments.md). In the truncated
+pairs the longer summary wins, so length alone no longer separates chosen from rejected.
 """
 
 from __future__ import annotations
@@ -76,6 +82,12 @@ def swap_a_fact(summary: str, rng: random.Random) -> str:
     return summary.replace("#Person1#", "\0").replace("#Person2#", "#Person1#").replace("\0", "#Person2#")
 
 
+def truncate(summary: str) -> str:
+    """The summary's first half of words (at least four), cut mid-sentence."""
+    words = summary.split()
+    return " ".join(words[:max(4, len(words) // 2)])
+
+
 def make_pairs(rows: list[dict]) -> list[dict]:
     rng = random.Random(SEED)
     pairs = []
@@ -92,6 +104,8 @@ def make_pairs(rows: list[dict]) -> list[dict]:
             unfaithful, variant = rng.choice(others)["summary"], "other_dialogue"
         pairs.append({"id": f"{row['id']}-off", "dialogue": row["dialogue"], "chosen": row["summary"],
                       "rejected": unfaithful, "family": "faithful_vs_off_topic", "variant": variant})
+        pairs.append({"id": f"{row['id']}-cut", "dialogue": row["dialogue"], "chosen": row["summary"],
+                      "rejected": truncate(row["summary"]), "family": "complete_vs_truncated", "variant": "first_half"})
     return pairs
 
 

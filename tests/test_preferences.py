@@ -82,11 +82,14 @@ def test_held_out_pairs_come_from_dialogues_not_trained_on():
     assert not {p.dialogue for p in train} & {p.dialogue for p in held}
 
 
-def test_the_default_pairs_use_training_dialogues_only_with_both_families():
+def test_the_default_pairs_use_training_dialogues_only_and_length_does_not_tell_chosen_from_rejected():
     pairs = [json.loads(line) for line in (REPO / "data/preferences/pairs.jsonl").read_text().splitlines()]
     sample = {split: {json.loads(line)["dialogue"] for line in (REPO / f"data/sample/{split}.jsonl").open()}
               for split in ("train", "validation", "test")}
     assert {p["dialogue"] for p in pairs} == sample["train"]
     assert not {p["dialogue"] for p in pairs} & (sample["test"] | sample["validation"])
-    assert {p["family"] for p in pairs} == {"polite_vs_rude", "faithful_vs_off_topic"}
+    assert {p["family"] for p in pairs} == {"polite_vs_rude", "faithful_vs_off_topic", "complete_vs_truncated"}
     assert all(p["chosen"] != p["rejected"] for p in pairs)
+    # A reward model learns any rule that separates the pairs; PPO then games it (shorter summaries).
+    shorter_chosen = sum(len(p["chosen"].split()) < len(p["rejected"].split()) for p in pairs) / len(pairs)
+    assert 0.4 < shorter_chosen < 0.6

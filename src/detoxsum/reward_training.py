@@ -26,17 +26,31 @@ def tokenized_pairs(pairs: list[PreferencePair], tokenizer, max_length: int) -> 
 
 
 def evaluate_pairs(model, tokenizer, pairs: list[PreferencePair], max_length: int) -> dict[str, float]:
-    """Held-out pairwise accuracy and mean margin, overall and per family (`accuracy/<family>`)."""
+    """Held-out pairwise accuracy and mean margin, overall and per family (`accuracy/<family>`),
+    and the length check (`length_checks`)."""
     dialogues = [p.dialogue for p in pairs]
     chosen = score_pairs(model, tokenizer, dialogues, [p.chosen for p in pairs], max_length)
     rejected = score_pairs(model, tokenizer, dialogues, [p.rejected for p in pairs], max_length)
-    result = {**pairwise_metrics(chosen, rejected), "pairs": len(pairs)}
+    result = {**pairwise_metrics(chosen, rejected), "pairs": len(pairs), **length_checks(pairs, chosen, rejected)}
     families = sorted({p.family for p in pairs})
     if len(families) > 1:
         for family in families:
             rows = [i for i, p in enumerate(pairs) if p.family == family]
             per_family = pairwise_metrics(chosen[rows], rejected[rows])
             result[f"accuracy/{family}"], result[f"margin/{family}"] = per_family["accuracy"], per_family["margin"]
+    return result
+
+
+def length_checks(pairs: list[PreferencePair], chosen, rejected) -> dict[str, float]:
+    """Whether the reward could be length: `shorter_wins` is the accuracy of the rule "the summary
+    with fewer words is chosen" (ties half right), and `accuracy/chosen_longer` the model's accuracy
+    on the pairs that rule gets wrong. PPO finds a length preference at once and shortens every
+    summary, so a model near shorter_wins but poor on chosen_longer has learned length."""
+    words = [(len(p.chosen.split()), len(p.rejected.split())) for p in pairs]
+    result = {"shorter_wins": round(sum(1.0 if c < r else 0.5 if c == r else 0.0 for c, r in words) / len(pairs), 4)}
+    longer = [i for i, (c, r) in enumerate(words) if c > r]
+    if longer:
+        result["accuracy/chosen_longer"] = pairwise_metrics(chosen[longer], rejected[longer])["accuracy"]
     return result
 
 

@@ -48,7 +48,8 @@ def main() -> None:
     with atomic_dir(REWARD_DIR) as tmp:
         save_reward_model(model, tokenizer, cfg.max_length, tmp)
     write_json_atomic(METRICS_FILE, summary)
-    print(f"train_reward: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
+    print(f"train_reward: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
+          f"(shorter-wins rule {after['shorter_wins']:.3f}), "
           f"margin {before['margin']:.3f} -> {after['margin']:.3f} ({len(eval_pairs)} pairs)")
 
 
