@@ -14,7 +14,7 @@ Every row records its `family` and the `variant` of rewrite.
 
 The third family is there for length. Every rude rewrite adds words, so with the first two families
 alone "the shorter summary wins" is right on every rude pair, a reward model learns it, and PPO
-against that model cut its summaries from 28 to 17 words (docs/experiments.md). In the truncated
+against that model cut its summaries from 26 to 17 words (docs/experiments.md). In the truncated
 pairs the longer summary wins, so length alone no longer separates chosen from rejected.
 """
 
