@@ -139,13 +139,8 @@ def paired_differences(runs: dict[str, dict], against: dict[str, dict]) -> dict:
 
 
 def render_paired(table: dict, pairs: list[str]) -> str:
-    lines = ["| figure | " + " | ".join(pairs) + " | mean difference | 95 % interval (t, over pairs) |",
-             "|" + "---|" * (len(pairs) + 3)]
-    for label, row in table.items():
-        cells = [figure(row["per_run"][pair]) if pair in row["per_run"] else "" for pair in pairs]
-        lines.append(f"| {label} | " + " | ".join(cells) +
-                     f" | {figure(row['mean'])} | [{figure(row['ci_low'])}, {figure(row['ci_high'])}] |")
-    return "\n".join(lines)
+    return markdown_table(table, pairs, ["mean difference", "95 % interval (t, over pairs)"],
+                          lambda row: [figure(row["mean"]), f"[{figure(row['ci_low'])}, {figure(row['ci_high'])}]"])
 
 
 def excludes_zero(metrics: dict, path: str) -> bool:
@@ -159,12 +154,17 @@ def figure(value: float) -> str:
 
 
 def render(table: dict, names: list[str]) -> str:
-    header = "| figure | " + " | ".join(names) + " | mean | sd | interval excludes 0 |"
-    lines = [header, "|" + "---|" * (len(names) + 4)]
+    return markdown_table(table, names, ["mean", "sd", "interval excludes 0"],
+                          lambda row: [figure(row["mean"]), figure(row["sd"]), row.get("interval_excludes_0", "")])
+
+
+def markdown_table(table: dict, columns: list[str], summary_headers: list[str], summary_cells) -> str:
+    """One row per figure: its value in each column (run or pair), then `summary_cells(row)`."""
+    lines = ["| figure | " + " | ".join(columns + summary_headers) + " |",
+             "|" + "---|" * (len(columns) + len(summary_headers) + 1)]
     for label, row in table.items():
-        cells = [figure(row["per_run"][n]) if n in row["per_run"] else "" for n in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {figure(row['mean'])} | {figure(row['sd'])} | "
-                     f"{row.get('interval_excludes_0', '')} |")
+        cells = [figure(row["per_run"][column]) if column in row["per_run"] else "" for column in columns]
+        lines.append(f"| {label} | " + " | ".join(cells + summary_cells(row)) + " |")
     return "\n".join(lines)
 
 
