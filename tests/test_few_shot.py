@@ -117,7 +117,7 @@ class CountingSummarizer:
         counts = [min(self.fits[d], len(examples)) for d in dialogues]
         return [f"{n}|{d}" for d, n in zip(dialogues, counts)], counts
 
-    def complete(self, prompts, show_progress=False, desc=""):
+    def complete(self, prompts, show_progress=False, desc="", share_prefix=False):
         self.generated += prompts
         return [f"summary of {p}" for p in prompts]
 

@@ -9,7 +9,7 @@ from detoxsum.config import TrainLoraConfig
 from detoxsum.data import tokenize_split
 from detoxsum.errors import ParamsError, TrainingDiverged
 from detoxsum.lora import (
-    DivergenceCallback, attach_lora, lora_targets, top_layer_targets, train_lora, whole_run_loss,
+    DivergenceCallback, attach_lora, last_eval_loss, lora_targets, top_layer_targets, train_lora, whole_run_loss,
 )
 from detoxsum.modeling import load_model
 
@@ -95,6 +95,12 @@ def test_a_noisy_but_healthy_loss_is_not_divergence():
 def test_whole_run_loss_weights_each_logged_window_by_its_steps():
     history = [{"loss": 4.0, "step": 3}, {"eval_loss": 9.0, "step": 3}, {"loss": 1.0, "step": 4}]
     assert whole_run_loss(history) == pytest.approx((4.0 * 3 + 1.0) / 4)
+
+
+def test_the_final_validation_loss_is_the_one_logged_at_the_last_step_if_any():
+    history = [{"loss": 4.0, "step": 3}, {"eval_loss": 9.0, "step": 3}, {"loss": 1.0, "step": 4}]
+    assert last_eval_loss(history, 3) == 9.0
+    assert last_eval_loss(history, 4) is None  # not evaluated at step 4: train_lora evaluates once more
 
 
 def test_a_huge_learning_rate_fails_train_lora_before_any_adapter_exists(tiny_model_dir, tmp_path):

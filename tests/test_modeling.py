@@ -6,7 +6,8 @@ from conftest import fixture_rows
 
 from detoxsum.errors import ModelLoadError
 from detoxsum.modeling import (
-    decode_responses, end_of_turn_id, end_token_ids, family_of, fit_dialogue, generate_summaries, load_model, stop_token_ids,
+    decode_responses, end_of_turn_id, end_token_ids, family_of, fit_dialogue, generate_summaries,
+    greedy_and_sampled_summaries, load_model, sample_summaries, stop_token_ids,
 )
 
 TEMPLATE = "Summarize: {dialogue}\nSummary:"
@@ -107,6 +108,77 @@ def test_left_padding_gives_the_same_greedy_output_as_unbatched(tiny_model_dir):
     batched = generate_summaries(model, tokenizer, family, prompts, batch_size=2, max_new_tokens=5)
     single = [generate_summaries(model, tokenizer, family, [p], batch_size=1, max_new_tokens=5)[0] for p in prompts]
     assert batched == single
+
+
+def count_prompt_passes(model, family) -> list[int]:
+    """A list that grows by one for every forward pass over more than one prompt position: the
+    encoder's (T5) or the first decoder layer's with a multi-token input (decoder-only)."""
+    passes = []
+    if family.name == "encoder-decoder":
+        model.get_encoder().register_forward_hook(lambda *_: passes.append(1))
+    else:
+        def on_layer(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[1] > 1:
+                passes.append(1)
+        model.model.layers[0].register_forward_pre_hook(on_layer, with_kwargs=True)
+    return passes
+
+
+def test_one_prompt_pass_gives_the_greedy_and_the_sampled_summaries_of_two_separate_runs(tiny_model_dir):
+    model, tokenizer, family = load_model(tiny_model_dir)
+    with torch.no_grad():  # a flatter next-token distribution, so the samples differ from each other
+        model.get_output_embeddings().weight.mul_(0.05)
+    prompts = [fit_dialogue(tokenizer, family, TEMPLATE, row["dialogue"], 64) for row in fixture_rows(5)]
+    settings = {"batch_size": 2, "max_new_tokens": 8}
+    greedy = generate_summaries(model, tokenizer, family, prompts, show_progress=False, **settings)
+    torch.manual_seed(3)
+    sampled = sample_summaries(model, tokenizer, family, prompts, samples=3, top_p=0.9, show_progress=False, **settings)
+
+    passes = count_prompt_passes(model, family)
+    torch.manual_seed(3)
+    shared_greedy, shared_sampled = greedy_and_sampled_summaries(model, tokenizer, family, prompts, samples=3,
+                                                                 top_p=0.9, show_progress=False, **settings)
+    assert shared_greedy == greedy
+    assert shared_sampled == sampled
+    assert len(passes) == 3  # one per batch of 2 prompts: the samples reused the greedy run's
+    assert len({text for texts in sampled for text in texts}) > 5  # really sampled, not 15 copies
+
+
+def test_prompts_led_by_the_same_examples_run_them_once_per_batch_with_the_same_summaries(tiny_model_dir):
+    from detoxsum.modeling import fit_examples
+
+    model, tokenizer, family = load_model(tiny_model_dir)
+    rows = fixture_rows(8)
+    examples = [(row["dialogue"], row["summary"]) for row in rows[:2]]
+    fitted = [fit_examples(tokenizer, family, TEMPLATE, row["dialogue"], examples, 1000) for row in rows[2:]]
+    assert all(count == 2 for _, count in fitted)
+    prompts = [prompt for prompt, _ in fitted]
+    settings = {"batch_size": 2, "max_new_tokens": 8, "show_progress": False}
+    unshared = generate_summaries(model, tokenizer, family, prompts, **settings)
+    single_rows = []
+    if family.name == "decoder-only":
+        model.model.layers[0].register_forward_pre_hook(
+            lambda _m, args, kwargs: single_rows.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
+            with_kwargs=True)
+    shared = generate_summaries(model, tokenizer, family, prompts, share_prefix=True, **settings)
+    assert shared == unshared
+    if family.name == "decoder-only":  # the examples ran alone, once for each of the 3 batches
+        prefix_passes = [shape for shape in single_rows if shape[0] == 1 and shape[1] > 32]
+        assert len(prefix_passes) == 3, single_rows
+
+
+def test_nucleus_from_the_top_tokens_keeps_what_a_full_sort_keeps():
+    from transformers import TopPLogitsWarper
+
+    from detoxsum.modeling import NucleusFromTopK
+
+    torch.manual_seed(0)
+    scores = torch.cat([torch.randn(6, 500) * 4, torch.randn(2, 500) * 0.01])  # peaked rows, and nearly flat ones
+    for top_p in (0.5, 0.9):
+        expected = TopPLogitsWarper(top_p)(None, scores)
+        assert torch.equal(NucleusFromTopK(top_p, candidates=64)(None, scores[:6]), expected[:6])
+        assert torch.equal(NucleusFromTopK(top_p, candidates=64)(None, scores), expected)  # flat: the full sort
 
 
 def test_family_seam_from_config_object():

@@ -9,7 +9,8 @@ from detoxsum.errors import ParamsError
 from detoxsum.precision import Machine, resolve_precision
 
 AVX2_CPU = Machine("cpu", native_bf16=False, description="CPU AVX2")
-AMX_CPU = Machine("cpu", native_bf16=True, description="CPU AVX512")
+AMX_CPU = Machine("cpu", native_bf16=True, description="CPU AVX512", bf16_wins=True)
+SLOW_BF16_CPU = Machine("cpu", native_bf16=True, description="CPU AVX512", bf16_wins=False)  # a Xeon without AMX
 AMPERE = Machine("cuda", native_bf16=True, description="CUDA A100")
 TURING = Machine("cuda", native_bf16=False, description="CUDA T4")
 
@@ -19,6 +20,7 @@ TURING = Machine("cuda", native_bf16=False, description="CUDA T4")
     (AVX2_CPU, True, "fp32"),
     (AMX_CPU, False, "bf16"),
     (AMX_CPU, True, "bf16"),
+    (SLOW_BF16_CPU, False, "fp32"),
     (AMPERE, False, "bf16"),
     (AMPERE, True, "bf16"),
     (TURING, False, "fp16"),
@@ -50,8 +52,18 @@ def test_machine_reads_the_cpu_capability_torch_reports(monkeypatch):
     assert Machine.current().native_bf16 is False
     assert precision.resolve_for_model("auto", object()) == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_wins", lambda: True)
     assert Machine.current().native_bf16 is True
     assert precision.resolve_for_model("auto", object()) == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_wins", lambda: False)  # native, but measured slower than fp32
+    assert precision.resolve_for_model("auto", object()) == "fp32"
+
+
+def test_the_bf16_probe_measures_this_cpu():
+    precision.cpu_bf16_wins.cache_clear()
+    assert precision.cpu_bf16_wins() in (True, False)
+    assert precision.cpu_bf16_wins.cache_info().hits == 0 and precision.cpu_bf16_wins() in (True, False)
+    assert precision.cpu_bf16_wins.cache_info().hits == 1  # measured once per process
 
 
 def test_machine_reads_cuda_bf16_support(monkeypatch):

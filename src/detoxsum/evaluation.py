@@ -134,7 +134,9 @@ def generate_few_shot(summarizer: Summarizer, test_set: TestSet, examples: Examp
         started = time.perf_counter()
         prompts, fitted = summarizer.few_shot_prompts(test_set.dialogues, examples.pairs(count))
         new = [prompt for prompt in dict.fromkeys(prompts) if prompt not in summarized]
-        summarized.update(zip(new, summarizer.complete(new, show_progress=True, desc=f"base {count}-shot greedy")))
+        # The examples lead every prompt: each batch runs them once (decoder-only models).
+        summarized.update(zip(new, summarizer.complete(new, show_progress=True, desc=f"base {count}-shot greedy",
+                                                       share_prefix=True)))
         generated[str(count)] = {
             "examples": examples.ids[:count],
             "runtime_s": round(time.perf_counter() - started, 1),
@@ -154,16 +156,13 @@ def generate_variant(model_dir: Path, adapters: list[Path], test_set: TestSet, b
     model.to(device())
     summarizer = Summarizer(model, tokenizer, family, GenerationSettings.from_configs(base, cfg))
     started = time.perf_counter()
-    summaries = summarizer.summarize(test_set.dialogues, show_progress=True, desc=f"{name} greedy")
-    greedy_s = time.perf_counter() - started
     torch.manual_seed(seed)
-    samples = summarizer.sample(test_set.dialogues, cfg.toxicity_samples, cfg.top_p, show_progress=True,
-                                desc=f"{name} sampled x{cfg.toxicity_samples}")
+    summaries, samples = summarizer.summarize_and_sample(test_set.dialogues, cfg.toxicity_samples, cfg.top_p,
+                                                         show_progress=True, desc=name)
     generated = {
         "model": name,
         "precision": summarizer.precision,
         "runtime_s": round(time.perf_counter() - started, 1),
-        "greedy_runtime_s": round(greedy_s, 1),
         "summaries": [{"id": i, "summary": s, "samples": k} for i, s, k in zip(test_set.ids, summaries, samples)],
     }
     if examples is not None:

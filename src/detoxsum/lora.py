@@ -94,6 +94,15 @@ class StepAlignedDVCLiveCallback(DVCLiveCallback):
         super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
 
+def last_eval_loss(log_history: list[dict], step: int) -> float | None:
+    """The validation loss Trainer logged at `step`, if it evaluated there: evaluating the same
+    weights again after training would only repeat it (a pass over the validation split)."""
+    for entry in reversed(log_history):
+        if "eval_loss" in entry and entry.get("step") == step:
+            return entry["eval_loss"]
+    return None
+
+
 def whole_run_loss(log_history: list[dict]) -> float:
     """The mean training loss over every step of the run, from the logged window means.
 
@@ -395,13 +404,15 @@ def train_lora(
     if resume:
         print(f"train_lora: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
-    final_eval = trainer.evaluate()
+    final_loss = last_eval_loss(trainer.state.log_history, trainer.state.global_step)
+    if final_loss is None:  # the last step was not an evaluation step
+        final_loss = trainer.evaluate()["eval_loss"]
     trainable, total = parameter_counts(trained)
     metrics = {
         "method": cfg.method,
         "lr": cfg.learning_rate,
         "train_loss": round(whole_run_loss(trainer.state.log_history), 4),
-        "eval_loss": round(float(final_eval["eval_loss"]), 4),
+        "eval_loss": round(float(final_loss), 4),
         "train_runtime_s": round(float(result.metrics["train_runtime"]), 1),
         "steps": int(result.global_step),
         "trainable_params": int(trainable),

@@ -163,10 +163,19 @@ def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, jsonl_text(rows))
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; turn a PipelineError into one `error:` line and exit status 1."""
+def run_stage(main: Callable[[], None], timing_file: Path | None = None) -> None:
+    """Run a stage's main; turn a PipelineError into one `error:` line and exit status 1. With
+    `timing_file`, its wall time and FLOPs go there (`timing.StageTimer`) when it succeeds, from the
+    process that did the work: process 0 of a parallel run (the launching process leaves by
+    SystemExit, which writes nothing)."""
+    from detoxsum.distributed import rank_and_world
+    from detoxsum.timing import StageTimer
+
+    rank, world = rank_and_world()
+    timer = StageTimer(timing_file, world) if timing_file is not None and rank == 0 else contextlib.nullcontext()
     try:
-        main()
+        with timer:
+            main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

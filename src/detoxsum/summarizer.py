@@ -20,6 +20,7 @@ from detoxsum.modeling import (
     fit_dialogue,
     fit_examples,
     generate_summaries,
+    greedy_and_sampled_summaries,
     load_source_model,
     model_chain,
     sample_summaries,
@@ -85,12 +86,26 @@ class Summarizer:
         """One summary per dialogue, greedy (or beam search with num_beams > 1)."""
         return self.complete(self.prompts(dialogues), show_progress, desc)
 
-    def complete(self, prompts: list[str], show_progress: bool = False, desc: str = "summarize") -> list[str]:
-        """One summary per rendered prompt (`prompts`, `few_shot_prompts`), greedy or beam search."""
+    def complete(self, prompts: list[str], show_progress: bool = False, desc: str = "summarize",
+                 share_prefix: bool = False) -> list[str]:
+        """One summary per rendered prompt (`prompts`, `few_shot_prompts`), greedy or beam search;
+        `share_prefix` for prompts that begin alike (see `modeling.generate_summaries`)."""
         settings = self.settings
         return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
                                   settings.max_new_tokens, settings.num_beams, precision=self.precision,
-                                  desc=desc, show_progress=show_progress)
+                                  desc=desc, show_progress=show_progress, share_prefix=share_prefix)
+
+    def summarize_and_sample(self, dialogues: list[str], samples: int, top_p: float, show_progress: bool = False,
+                             desc: str = "summarize") -> tuple[list[str], list[list[str]]]:
+        """`summarize`'s greedy summaries and `sample`'s sampled ones, from one pass over each prompt
+        (see `modeling.greedy_and_sampled_summaries`; seed torch first to reproduce the samples)."""
+        settings = self.settings
+        if settings.num_beams > 1:  # beam search keeps its own cache of every beam: two runs
+            return (self.summarize(dialogues, show_progress, f"{desc} greedy"),
+                    self.sample(dialogues, samples, top_p, show_progress, f"{desc} sampled x{samples}"))
+        return greedy_and_sampled_summaries(self.model, self.tokenizer, self.family, self.prompts(dialogues),
+                                            settings.batch_size, settings.max_new_tokens, samples, top_p,
+                                            precision=self.precision, desc=desc, show_progress=show_progress)
 
     def sample(self, dialogues: list[str], samples: int, top_p: float, show_progress: bool = False,
                desc: str = "sample") -> list[list[str]]:

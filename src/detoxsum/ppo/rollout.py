@@ -23,6 +23,7 @@ from detoxsum.modeling import (
     response_mask,
     response_text,
     stop_token_ids,
+    with_roomy_cache,
 )
 from detoxsum.ppo.functional import entropy_from_logits, logprobs_from_logits
 from detoxsum.ppo.model import PPOModel, forward_policy
@@ -112,7 +113,7 @@ def sample_responses(ppo: PPOModel, prompts: list[str], max_new_tokens: int) -> 
     prompt = pad_prompts(ppo.tokenizer, ppo.family, prompts, ppo.device)
     with autocast(ppo.device, ppo.precision):
         generated = ppo.policy.generate(
-            **prompt, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            **with_roomy_cache(ppo.policy, prompt), do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
             eos_token_id=stops, pad_token_id=ppo.tokenizer.pad_token_id,
         )
     response_ids = ppo.family.response_ids(generated, prompt["input_ids"].shape[1])

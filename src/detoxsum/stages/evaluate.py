@@ -23,6 +23,7 @@ from detoxsum.data import read_jsonl_split
 from detoxsum.errors import DataError
 from detoxsum.evaluation import TestSet, few_shot_summaries_for, score_variants, summaries_for, toxicity_histogram
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic, write_jsonl_atomic
+from detoxsum.stages import timing_file
 from detoxsum.reward import build_scorer
 
 TEST_FILE = Path("data/filtered/test.jsonl")
@@ -77,4 +78,4 @@ def read_generated(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("evaluate"))

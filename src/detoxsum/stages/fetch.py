@@ -17,6 +17,7 @@ from detoxsum.config import EMBEDDED_MODEL, FetchConfig, load_stage_config, look
 from detoxsum.data import SPLITS, hub_commit, load_raw_splits
 from detoxsum.modeling import load_source_model, save_model
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 
 MODEL_DIR = Path("artifacts/model")
 RAW_DIR = Path("data/raw")
@@ -60,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("fetch"))

@@ -12,6 +12,7 @@ from detoxsum.data import SPLITS, drop_test_dialogues, filter_split, read_jsonl_
 from detoxsum.errors import DataError
 from detoxsum.modeling import load_tokenizer
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 
 RAW_DIR = Path("data/raw")
 MODEL_DIR = Path("artifacts/model")
@@ -44,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("filter"))

@@ -21,6 +21,7 @@ from detoxsum.distributed import gather, init_process_group, is_main_process, ra
 from detoxsum.errors import ParamsError
 from detoxsum.evaluation import Examples, TestSet, draw_examples, generate_variant
 from detoxsum.outputs import run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 from detoxsum.reward import build_scorer
 
 MODEL_DIR = Path("artifacts/model")
@@ -68,4 +69,4 @@ def few_shot_examples(test_dialogues: list[str], seed: int, shots: list[int]) ->
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file(f"generate_{sys.argv[1]}") if len(sys.argv) > 1 else None)

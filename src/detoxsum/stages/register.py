@@ -22,6 +22,7 @@ from detoxsum.config import load_params, load_stage_config
 from detoxsum.errors import DataError
 from detoxsum.modeling import FULL_MODEL, saved_kind
 from detoxsum.outputs import read_jsonl, run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 from detoxsum.registry import PipelineRun, register_pipeline_run, tracking_uri
 from detoxsum.summarizer import GenerationSettings, adapter_chain
 
@@ -118,4 +119,4 @@ def experiment_tags() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("register"))

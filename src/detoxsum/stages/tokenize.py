@@ -14,6 +14,7 @@ from detoxsum.config import load_stage_config
 from detoxsum.data import read_jsonl_split, tokenize_split
 from detoxsum.modeling import family_of, load_tokenizer
 from detoxsum.outputs import atomic_dir, run_stage
+from detoxsum.stages import timing_file
 from datasets import DatasetDict
 
 FILTERED_DIR = Path("data/filtered")
@@ -36,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("tokenize"))

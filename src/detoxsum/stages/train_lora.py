@@ -21,6 +21,7 @@ from detoxsum.distributed import is_main_process, relaunch_if_parallel
 from detoxsum.errors import DataError
 from detoxsum.lora import StepAlignedDVCLiveCallback, load_for_training, save_trained, train_lora
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 
 MODEL_DIR = Path("artifacts/model")
 TOKENIZED_DIR = Path("data/tokenized")
@@ -64,4 +65,4 @@ def open_live() -> Live:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("train_lora"))

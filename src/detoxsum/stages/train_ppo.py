@@ -26,6 +26,7 @@ from detoxsum.config import RewardSpec, load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import (
     DialogueReward, RewardFn, build_ppo_model, hardest_dialogues, render_prompts, save_ppo_model,
@@ -90,4 +91,4 @@ def ppo_reward(spec: RewardSpec) -> RewardFn:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("train_ppo"))

@@ -21,6 +21,7 @@ from transformers import set_seed
 
 from detoxsum.config import load_stage_config
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.stages import timing_file
 from detoxsum.preferences import load_preference_pairs, split_by_dialogue
 from detoxsum.reward_model import load_encoder, save_reward_model
 from detoxsum.reward_training import LiveCallback, evaluate_pairs, train_reward_model
@@ -54,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, timing_file("train_reward"))
