@@ -11,7 +11,7 @@ the default's ~300-token prompts) and everything that is no matmul.
     python -m detoxsum.timing            # after dvc repro: per stage wall time, TFLOP, GFLOP/s,
                                          # share of this machine's matmul peak, total vs the budget
 
-The peak is measured when the command runs (the median of repeated [512, 576] @ [576, 1536]
+The peak is measured when the command runs (the fastest of repeated [512, 576] @ [576, 1536]
 matmuls, SmolLM2-135M's MLP up-projection for 512 tokens, in fp32 and, where native, bf16), so the
 shares are of this machine. The budget: 10 minutes where bf16 is native and wins over fp32 (what
 `auto` then runs); elsewhere 1.5x the compute floor (the counted FLOPs at the fp32 peak). An overrun
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -106,7 +105,8 @@ class StageTimer:
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
-    """This machine's rate for PEAK_SHAPE in `dtype` (median of `repeats` after one warm-up)."""
+    """This machine's rate for PEAK_SHAPE in `dtype`: the fastest of `repeats` after one warm-up (a
+    peak, and the figure least moved by other work on the machine)."""
     rows, inner, cols = PEAK_SHAPE
     device = default_device()
     left = torch.randn(rows, inner, device=device, dtype=dtype)
@@ -118,7 +118,7 @@ def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    return 2 * rows * inner * cols / statistics.median(times[1:]) / 1e9
+    return 2 * rows * inner * cols / min(times[1:]) / 1e9
 
 
 def read_timings(folder: Path) -> dict[str, dict]:
