@@ -588,7 +588,7 @@ class RoomyLayer(DynamicLayer):
         makes a copy) with the same rows, and the room reaches `end`."""
         room = getattr(self, "key_room", None)
         return (room is not None and room.shape[0] == key_states.shape[0] and end <= room.shape[-2]
-                and (length_of(self.keys) == 0 or self.keys.data_ptr() == room.data_ptr()))
+                and (self.get_seq_length() == 0 or self.keys.data_ptr() == room.data_ptr()))
 
     @staticmethod
     def reserve(cached: torch.Tensor, new: torch.Tensor, length: int, end: int) -> torch.Tensor:
@@ -598,10 +598,6 @@ class RoomyLayer(DynamicLayer):
         if length:
             room[..., :length, :] = cached
         return room
-
-
-def length_of(cached: torch.Tensor) -> int:
-    return cached.shape[-2] if cached.dim() >= 2 else 0
 
 
 def roomy_cache(model) -> DynamicCache | None:
