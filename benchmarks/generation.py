@@ -4,10 +4,12 @@ The workload is what each generate stage does per test dialogue: one greedy summ
 `evaluate.toxicity_samples` (k) nucleus-sampled ones. The anchor is plain `model.generate`, as the
 stages ran it before: a greedy run, then a sampled run with `num_return_sequences=k`, which repeats
 every prompt k times before the forward pass, so each prompt is prefilled 1 + k times. The stages'
-path (`modeling.greedy_and_sampled_summaries`) prefills each prompt once and continues the k
-samples from the greedy run's cache. Both sides use the same merged model (base + LoRA), batch
-size, precision, length-sorted batches and random seed, so they generate the same summaries (the
-script checks the greedy ones) and the time ratio is the speed-up. Goal: >= 2.5x on a CPU.
+path (`modeling.greedy_and_sampled_summaries`) prefills each prompt once, repeats its cache 1 + k
+times and decodes the greedy row and the k sampled rows together, drawing the samples among the
+nucleus candidates (`NucleusRows`). Both sides use the same merged model (base + LoRA), batch
+size, precision and length-sorted batches; they generate the same greedy summaries (the script
+checks them), the samples from the same distribution but other random draws, and the time ratio
+is the speed-up. Goal: >= 2.5x on a CPU.
 
     python benchmarks/generation.py                      # after `dvc repro`: artifacts/ + the test split
     python benchmarks/generation.py --rows 20

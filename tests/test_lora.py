@@ -123,3 +123,33 @@ def test_saved_adapter_config_lists_targets_in_sorted_order(tiny_llama_dir, tmp_
     attach_lora(model, family, r=2, alpha=4, dropout=0.0, targets=targets).save_pretrained(str(tmp_path))
     saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
     assert saved == sorted(targets)
+
+
+def test_summary_logits_collator_gives_the_full_length_loss_from_the_summary_positions_only(tiny_llama_dir):
+    from transformers import DataCollatorForSeq2Seq
+
+    from detoxsum.lora import SummaryLogitsCollator, training_collator
+
+    model, tokenizer, family = load_model(tiny_llama_dir, no_dropout=True)
+    model = attach_lora(model, family, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"])
+    rows = fixture_rows(4)
+    features = [family.training_features(tokenizer, f"Summarize: {row['dialogue']}", row["summary"], 16)
+                for row in rows]
+    assert len({len(row["input_ids"]) for row in features}) > 1  # rows of different lengths: padding matters
+    full = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding=True)(features)
+    cut = SummaryLogitsCollator(tokenizer.pad_token_id)(features)
+    assert isinstance(training_collator(model, tokenizer, family, "lora"), SummaryLogitsCollator)
+    assert not isinstance(training_collator(model, tokenizer, family, "prompt_tuning"), SummaryLogitsCollator)
+    width = full["input_ids"].shape[1]
+    longest_summary = max(sum(label != -100 for label in row["labels"]) for row in features)
+    assert cut["logits_to_keep"] == longest_summary + 1 < width
+    expected = model(**full)
+    outputs = model(**cut)
+    assert outputs.logits.shape[1] == cut["logits_to_keep"]
+    torch.testing.assert_close(outputs.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    expected.loss.backward()
+    full_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    outputs.loss.backward()
+    for full_grad, p in zip(full_grads, [p for p in model.parameters() if p.requires_grad]):
+        torch.testing.assert_close(p.grad, full_grad, rtol=1e-4, atol=1e-6)

@@ -168,17 +168,40 @@ def test_prompts_led_by_the_same_examples_run_them_once_per_batch_with_the_same_
         assert len(prefix_passes) == 3, single_rows
 
 
-def test_nucleus_from_the_top_tokens_keeps_what_a_full_sort_keeps():
+def test_nucleus_draws_come_from_what_a_full_sort_keeps_in_proportion_to_their_probability():
     from transformers import TopPLogitsWarper
 
-    from detoxsum.modeling import NucleusFromTopK
+    from detoxsum.modeling import draw_from_nucleus
 
     torch.manual_seed(0)
-    scores = torch.cat([torch.randn(6, 500) * 4, torch.randn(2, 500) * 0.01])  # peaked rows, and nearly flat ones
+    scores = torch.cat([torch.randn(3, 300) * 4, torch.randn(2, 300) * 0.01])  # peaked rows, and nearly flat ones
+    draws = 4000
+    generator = torch.Generator().manual_seed(0)
     for top_p in (0.5, 0.9):
-        expected = TopPLogitsWarper(top_p)(None, scores)
-        assert torch.equal(NucleusFromTopK(top_p, candidates=64)(None, scores[:6]), expected[:6])
-        assert torch.equal(NucleusFromTopK(top_p, candidates=64)(None, scores), expected)  # flat: the full sort
+        kept = TopPLogitsWarper(top_p)(None, scores.clone())
+        expected = kept.softmax(dim=-1)  # the nucleus, renormalised
+        # 16 candidates: the flat rows' nuclei (~150 and ~270 tokens) reach past them and take the full vocabulary
+        drawn = draw_from_nucleus(scores.repeat_interleave(draws, dim=0), top_p, generator, candidates=16)
+        counts = torch.zeros_like(scores).scatter_add_(1, drawn.view(len(scores), draws),
+                                                       torch.ones(len(scores), draws))
+        assert not counts[kept == -float("inf")].any()  # nothing outside the nucleus
+        frequency = counts / draws
+        standard_error = (expected * (1 - expected) / draws).sqrt()
+        assert ((frequency - expected).abs() <= 5 * standard_error + 1e-6).all()
+
+
+def test_nucleus_rows_leave_the_greedy_rows_alone_and_reduce_each_sampled_row_to_its_draw():
+    from detoxsum.modeling import NucleusRows
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 50)
+    sampled = torch.tensor([False, True, True, False])
+    processed = NucleusRows(0.9, seed=7, sampled=sampled)(None, scores.clone())
+    assert torch.equal(processed[~sampled], scores[~sampled])
+    assert ((processed[sampled] == 0).sum(dim=-1) == 1).all()
+    assert ((processed[sampled] == -float("inf")).sum(dim=-1) == 49).all()
+    again = NucleusRows(0.9, seed=7, sampled=sampled)(None, scores.clone())
+    assert torch.equal(processed, again)  # the seed fixes the draws
 
 
 def test_family_seam_from_config_object():

@@ -348,13 +348,14 @@ def test_reference_is_the_sft_model_and_equals_the_fresh_policy(tiny_model_dir, 
     moved, stats = collect_rollout(ppo, prompts, vowel_count, cfg, beta=0.05)
     assert stats["kl"] != 0.0
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=1e-2)
-    update = minibatch_update(ppo, optimizer, moved.select(torch.arange(2)), cfg)
-    assert update["approx_kl_before"] == 0.0 and update["approx_kl"] > 0.0
+    first = minibatch_update(ppo, optimizer, moved.select(torch.arange(2)), cfg)
+    second = minibatch_update(ppo, optimizer, moved.select(torch.arange(2)), cfg)
+    assert first["approx_kl"] == 0.0 and second["approx_kl"] > 0.0  # the first step moved the policy
 
 
-def test_early_stop_reads_the_approx_kl_measured_after_each_step(tiny_model_dir):
-    """Before a step's first update the policy is the one that sampled the batch, so a KL measured
-    before the optimizer step is 0 there and could never stop the first epoch."""
+def test_early_stop_skips_the_minibatch_that_finds_the_policy_moved_too_far(tiny_model_dir):
+    """The first minibatch measures 0 (the policy is the one that sampled the batch) and steps; the
+    second finds that step's move and stops the epochs without a step of its own."""
     cfg = TrainPPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=3, max_new_tokens=6, lr=5e-2,
                          reward_baseline="none", early_stop_approx_kl=1e-6)
     ppo = build_ppo_model(tiny_model_dir, [], cfg)
@@ -362,7 +363,9 @@ def test_early_stop_reads_the_approx_kl_measured_after_each_step(tiny_model_dir)
     rollout, _ = collect_rollout(ppo, prompts, text_length, cfg, beta=0.05)
     optimizer = torch.optim.AdamW(ppo.trainable_parameters(), lr=cfg.lr)
     updates = ppo_epochs(ppo, optimizer, rollout, cfg, torch.Generator().manual_seed(0))
-    assert len(updates) == 1 and updates[0]["approx_kl_before"] == 0.0 and updates[0]["approx_kl"] > 1e-6
+    assert len(updates) == 2 and updates[0]["approx_kl"] == 0.0 and "policy_loss" in updates[0]
+    assert updates[1] == {"approx_kl": updates[1]["approx_kl"]} and updates[1]["approx_kl"] > 1e-6
+    assert {state["step"].item() for state in optimizer.state.values()} == {1}  # one optimizer step in all
     no_stop = TrainPPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=3, reward_baseline="none",
                              early_stop_approx_kl=None)
     assert len(ppo_epochs(ppo, optimizer, rollout, no_stop, torch.Generator().manual_seed(0))) == 6

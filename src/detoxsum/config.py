@@ -362,8 +362,8 @@ class TrainPPOConfig:
     whiten_advantages: bool = True
     reward_clip: float | None = None
     max_grad_norm: float = 1.0
-    # Stop a step's epochs once a minibatch update moved the policy this far from the one that
-    # sampled the batch (approx KL measured after the optimizer step).
+    # Stop a step's epochs once its updates moved the policy this far from the one that sampled the
+    # batch (approx KL, measured on the next minibatch before its step, which is then not taken).
     early_stop_approx_kl: float | None = 0.02
     # Train on the N training dialogues the reward model scores lowest (the most toxic), so every
     # rollout batch carries a detox signal; null uses every training dialogue.

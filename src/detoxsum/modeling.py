@@ -31,7 +31,6 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    TopPLogitsWarper,
 )
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutput
@@ -96,10 +95,9 @@ class EncoderDecoder:
         return {"encoder_outputs": BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
                 "attention_mask": batch["attention_mask"]}
 
-    def repeat_prompt_pass(self, inputs: dict, greedy, repeats: int) -> dict:
+    def repeat_prompt_pass(self, inputs: dict, repeats: int) -> dict:
         """`prompt_pass`'s inputs with every row `repeats` times in a row (as `num_return_sequences`
-        orders them), to sample from the same encoder output; `greedy` (the greedy run's output) is
-        not needed here."""
+        orders them): each copy decodes from the same encoder output."""
         encoded = inputs["encoder_outputs"].last_hidden_state.repeat_interleave(repeats, dim=0)
         return {"encoder_outputs": BaseModelOutput(last_hidden_state=encoded),
                 "attention_mask": inputs["attention_mask"].repeat_interleave(repeats, dim=0)}
@@ -159,19 +157,23 @@ class DecoderOnly:
         return generated[:, prompt_length:]
 
     def prompt_pass(self, model, batch: dict[str, torch.Tensor]) -> dict:
-        """`generate`'s inputs for a padded `batch`: the prompts themselves (and an empty
-        `roomy_cache`), as the greedy run's own prefill is the pass the samples reuse (its key/value
-        cache, see `repeat_prompt_pass`)."""
-        return with_roomy_cache(model, batch)
+        """`generate`'s inputs for a padded `batch` with the prompts run into a key/value cache
+        (a `roomy_cache` where the model takes one), all but their last token: generate needs one
+        uncached token to start from. Position ids count only real tokens, as generate's own do."""
+        cache = roomy_cache(model) or DynamicCache(config=model.config)
+        cached = batch["input_ids"].shape[1] - 1
+        if cached > 0:
+            mask = batch["attention_mask"][:, :cached]
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            only_last = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
+            model(input_ids=batch["input_ids"][:, :cached], attention_mask=mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True, **only_last)
+        return {**batch, "past_key_values": cache}
 
-    def repeat_prompt_pass(self, inputs: dict, greedy, repeats: int) -> dict:
-        """Inputs that sample `repeats` continuations of every prompt of `inputs` without a new pass
-        over them: each row `repeats` times in a row (as `num_return_sequences` orders them), with
-        the greedy run's key/value cache cut back to the prompt less its last token (generate needs
-        one uncached token to start from) and repeated alike."""
-        cache = greedy.past_key_values
-        keep = inputs["input_ids"].shape[1] - 1
-        cache.crop(keep - cache.get_seq_length())
+    def repeat_prompt_pass(self, inputs: dict, repeats: int) -> dict:
+        """`prompt_pass`'s inputs with every row `repeats` times in a row (as `num_return_sequences`
+        orders them), its key/value cache repeated alike."""
+        cache = inputs["past_key_values"]
         cache.batch_repeat_interleave(repeats)
         return {"input_ids": inputs["input_ids"].repeat_interleave(repeats, dim=0),
                 "attention_mask": inputs["attention_mask"].repeat_interleave(repeats, dim=0),
@@ -487,36 +489,64 @@ def generate_summaries(
     return [texts[0] for texts in per_prompt]
 
 
-class NucleusFromTopK(LogitsProcessor):
-    """Nucleus (top-p) filtering that sorts only the `candidates` most likely tokens of each row.
+def draw_from_nucleus(logits: torch.Tensor, top_p: float, generator: torch.Generator,
+                      candidates: int = 1024) -> torch.Tensor:
+    """One token per row of `logits` [rows, vocab], drawn by nucleus (top-p) sampling at
+    temperature 1: from the most likely tokens whose more likely neighbours hold less than `top_p`
+    of the probability (always the most likely one), as transformers' `TopPLogitsWarper` keeps them.
 
-    transformers' `TopPLogitsWarper` sorts the whole vocabulary of every row at every step: for 40
-    rows of SmolLM2's 49,152 tokens that took 96 ms a step, 19 % of sampling on a 2-core CPU. It
-    keeps a token when the probability of the tokens more likely than it is below `top_p` (and
-    always the most likely one); so does this, over the `candidates` largest logits (`topk`), with
-    probabilities normalised over the whole vocabulary. A batch whose nucleus reaches past the
-    candidates in any row (a very flat distribution) is filtered by the full sort instead.
+    Only the `candidates` largest logits of a row are sorted; a row whose nucleus reaches past them
+    (a very flat distribution) is drawn again over its whole vocabulary.
+    """
+    top_logits, top_ids = logits.topk(min(candidates, logits.shape[-1]), dim=-1)
+    probs = (top_logits - torch.logsumexp(logits, dim=-1, keepdim=True)).exp()
+    keep = probs.cumsum(dim=-1) - probs < top_p  # the mass of the more likely tokens
+    keep[:, 0] = True
+    tokens = top_ids.gather(1, torch.multinomial(probs * keep, 1, generator=generator)).squeeze(1)
+    overflow = keep[:, -1] & (top_ids.shape[-1] < logits.shape[-1])
+    if overflow.any():
+        tokens[overflow] = draw_from_nucleus(logits[overflow], top_p, generator, logits.shape[-1])
+    return tokens
+
+
+class NucleusRows(LogitsProcessor):
+    """Nucleus sampling at temperature 1 as a logits processor of greedy `generate`: each sampled
+    row's scores become -inf but for the token `draw_from_nucleus` drew, which greedy then picks;
+    rows outside `sampled` (a bool per row; None: all rows sampled) stay greedy.
+
+    Why not generate's own sampling: it cannot mix greedy and sampled rows in one batch (greedy
+    summaries would decode apart, at a quarter of the rows), and it draws through `torch.multinomial`
+    over the whole vocabulary, one exponential variate per token and row: 54 ms a step for 40 rows
+    of SmolLM2's 49,152 tokens on a 2-core CPU, where this draws among the nucleus candidates.
+    Draws come from a generator seeded by `seed`, so a batch's samples do not depend on how many
+    steps its greedy rows take.
     """
 
-    def __init__(self, top_p: float, candidates: int = 1024):
-        self.top_p, self.candidates = top_p, candidates
-        self.full_sort = TopPLogitsWarper(top_p)
+    def __init__(self, top_p: float, seed: int, sampled: torch.Tensor | None = None):
+        self.top_p, self.seed, self.sampled = top_p, seed, sampled
+        self.generator: torch.Generator | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        top_scores, top_indices = scores.topk(min(self.candidates, scores.shape[-1]), dim=-1)
-        top_probs = (top_scores - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
-        keep = top_probs.cumsum(dim=-1) - top_probs < self.top_p  # the mass of the more likely tokens
-        keep[:, 0] = True
-        if keep[:, -1].any() and top_scores.shape[-1] < scores.shape[-1]:
-            return self.full_sort(input_ids, scores)
-        filtered = torch.full_like(scores, -float("inf"))
-        return filtered.scatter_(1, top_indices, top_scores.masked_fill(~keep, -float("inf")))
+        if self.generator is None:
+            self.generator = torch.Generator(scores.device).manual_seed(self.seed)
+        rows = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device) if self.sampled is None \
+            else self.sampled.to(scores.device)
+        drawn = draw_from_nucleus(scores[rows], self.top_p, self.generator)
+        chosen = torch.full_like(scores[rows], -float("inf")).scatter_(1, drawn[:, None], 0.0)
+        processed = scores.clone()
+        processed[rows] = chosen
+        return processed
 
 
-def nucleus_sampling(top_p: float) -> dict:
-    """generate's settings for nucleus sampling at temperature 1 (`NucleusFromTopK` filters)."""
-    return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-            "logits_processor": LogitsProcessorList([NucleusFromTopK(top_p)])}
+def batch_seed() -> int:
+    """A seed for one batch's `NucleusRows`, from torch's global generator (seed torch to reproduce)."""
+    return int(torch.randint(2**62, (1,)))
+
+
+def nucleus_sampling(top_p: float, sampled: torch.Tensor | None = None) -> dict:
+    """Greedy generate's settings that sample the `sampled` rows (all: None) by nucleus sampling at
+    temperature 1 (`NucleusRows`), seeded from torch's generator."""
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([NucleusRows(top_p, batch_seed(), sampled)])}
 
 
 def sample_summaries(model, tokenizer, family: Family, prompts: list[str], batch_size: int, max_new_tokens: int,
@@ -524,7 +554,7 @@ def sample_summaries(model, tokenizer, family: Family, prompts: list[str], batch
                      show_progress: bool = True) -> list[list[str]]:
     """`samples` summaries per prompt by nucleus sampling at temperature 1 (seed torch first for
     reproducible samples); `batch_size` prompts per batch, each batch `batch_size * samples` rows."""
-    decoding = {**nucleus_sampling(top_p), "num_return_sequences": samples}
+    decoding = {"rows_per_prompt": samples, "top_p": top_p}
     return generate_in_length_order(model, tokenizer, family, prompts, batch_size, max_new_tokens, decoding,
                                     precision, desc, show_progress)
 
@@ -533,14 +563,16 @@ def sample_summaries(model, tokenizer, family: Family, prompts: list[str], batch
 def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str], batch_size: int,
                              max_new_tokens: int, decoding: dict, precision: str, desc: str,
                              show_progress: bool, share_prefix: bool = False) -> list[list[str]]:
-    """The decoded responses of `model.generate(**decoding)` per prompt, in the order of `prompts`.
+    """The decoded responses of `model.generate(**decoding)` per prompt, in the order of `prompts`
+(with `top_p` in `decoding`: nucleus samples, `nucleus_sampling`).
 
     Prompts are generated longest first, in batches of similar length: a batch pads to its longest
     prompt, so sorting cuts the padded positions every generated token attends to (and the padding
     rows a batch keeps running after its short summaries are done matter less).
     """
     model.eval()
-    per_prompt = decoding.get("num_return_sequences", 1)
+    copies = decoding.get("rows_per_prompt", 1)  # each prompt's row repeated (beam search: one row per prompt)
+    per_prompt = decoding.get("num_return_sequences", copies)
     order = length_order(tokenizer, family, prompts)
     summaries: list[list[str]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not show_progress):
@@ -548,14 +580,22 @@ def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str
         with autocast(model.device, precision):
             batch = shared_prefix_inputs(model, tokenizer, family, [prompts[i] for i in positions]) if share_prefix else None
             if batch is None:
-                batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions], model.device)
+                batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions for _ in range(copies)],
+                                    model.device)
                 batch = with_roomy_cache(model, batch) if decoding.get("num_beams", 1) == 1 else batch
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
-                                       pad_token_id=tokenizer.pad_token_id, **decoding)
+                                       pad_token_id=tokenizer.pad_token_id, **batch_decoding(decoding))
         texts = decode_responses(tokenizer, family.response_ids(generated, batch["input_ids"].shape[1]))
         for offset, position in enumerate(positions):
             summaries[position] = texts[offset * per_prompt : (offset + 1) * per_prompt]
     return summaries
+
+
+def batch_decoding(decoding: dict) -> dict:
+    """generate's settings for one batch: `decoding`, its `top_p` (if any) turned into a
+    `nucleus_sampling` processor seeded for this batch (`rows_per_prompt` is the caller's)."""
+    rest = {key: value for key, value in decoding.items() if key not in ("top_p", "rows_per_prompt")}
+    return {**rest, **nucleus_sampling(decoding["top_p"])} if "top_p" in decoding else rest
 
 
 class RoomyLayer(DynamicLayer):
@@ -635,16 +675,16 @@ def greedy_and_sampled_summaries(model, tokenizer, family: Family, prompts: list
                                  desc: str = "generate", show_progress: bool = True
                                  ) -> tuple[list[str], list[list[str]]]:
     """Per prompt its greedy summary and `samples` nucleus-sampled ones (temperature 1), from one
-    pass over the prompt.
+    pass over the prompt and one decoding run.
 
-    On a CPU the prompt's forward pass (prefill) is most of generation's work; generating the greedy
-    summary and the samples apart runs it 1 + `samples` times per prompt (`num_return_sequences`
-    repeats the prompt before the pass). Here each batch runs it once: the greedy run's (T5: the
-    encoder output; decoder-only: the key/value cache), repeated for the samples by the family
-    (`repeat_prompt_pass`). The greedy summaries are those of `generate_summaries`; the samples
-    those of `sample_summaries` with the same generator state (seed torch first), as greedy
-    decoding draws no random numbers and the batches run in the same order. A model whose pass
-    cannot be shared (`shares_prompt_pass`) gets the two separate runs.
+    On a CPU the prompt's forward pass (prefill) was most of generation's work, and generating the
+    greedy summary and the samples apart ran it 1 + `samples` times per prompt (`num_return_sequences`
+    repeats the prompt before the pass). Here each batch runs it once (T5: the encoder; decoder-only:
+    the key/value cache, `Family.prompt_pass`), repeats it 1 + `samples` times per prompt, and
+    decodes all rows together: the first of each prompt greedy, the others sampled (`NucleusRows`),
+    so the greedy rows do not decode apart at a fifth of the rows. The greedy summaries are those
+    of `generate_summaries`, the samples those of `sample_summaries` with the same generator state
+    (seed torch first). A model whose pass cannot be shared (`shares_prompt_pass`) gets those two runs.
     """
     if not shares_prompt_pass(model):
         greedy = generate_summaries(model, tokenizer, family, prompts, batch_size, max_new_tokens, 1, precision,
@@ -654,7 +694,7 @@ def greedy_and_sampled_summaries(model, tokenizer, family: Family, prompts: list
     model.eval()
     stop = {"max_new_tokens": max_new_tokens, "eos_token_id": stop_token_ids(tokenizer),
             "pad_token_id": tokenizer.pad_token_id}
-    sampling = nucleus_sampling(top_p)
+    rows_per_prompt = 1 + samples
     order = length_order(tokenizer, family, prompts)
     greedy: list[str] = [""] * len(prompts)
     sampled: list[list[str]] = [[] for _ in prompts]
@@ -662,17 +702,15 @@ def greedy_and_sampled_summaries(model, tokenizer, family: Family, prompts: list
                       unit="batch", disable=not show_progress):
         positions = order[start : start + batch_size]
         batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions], model.device)
-        prompt_length = batch["input_ids"].shape[1]
+        sampled_rows = (torch.arange(len(positions) * rows_per_prompt) % rows_per_prompt) > 0
         with autocast(model.device, precision):
-            inputs = family.prompt_pass(model, batch)
-            first = model.generate(**inputs, do_sample=False, num_beams=1, return_dict_in_generate=True, **stop)
-            repeated = family.repeat_prompt_pass(inputs, first, samples)
-            drawn = model.generate(**repeated, **sampling, **stop)
-        texts = decode_responses(tokenizer, family.response_ids(first.sequences, prompt_length))
-        drawn_texts = decode_responses(tokenizer, family.response_ids(drawn, prompt_length))
+            rows = family.repeat_prompt_pass(family.prompt_pass(model, batch), rows_per_prompt)
+            generated = model.generate(**rows, num_beams=1, **nucleus_sampling(top_p, sampled_rows), **stop)
+        texts = decode_responses(tokenizer, family.response_ids(generated, batch["input_ids"].shape[1]))
         for offset, position in enumerate(positions):
-            greedy[position] = texts[offset]
-            sampled[position] = drawn_texts[offset * samples : (offset + 1) * samples]
+            first = offset * rows_per_prompt
+            greedy[position] = texts[first]
+            sampled[position] = texts[first + 1 : first + rows_per_prompt]
     return greedy, sampled
 
 
