@@ -270,3 +270,28 @@ def test_a_revision_for_a_local_or_embedded_model_is_refused(tiny_llama_dir):
     for source in (str(tiny_llama_dir), EMBEDDED_MODEL):
         with pytest.raises(ModelLoadError, match=r"fetch\.revision\.model: 'main' applies to Hub models only"):
             load_source_model(source, revision="main")
+
+
+def test_a_pass_from_a_middle_layer_keeps_each_layers_own_attention_type(tmp_path):
+    """Qwen2 picks each layer's mask (full or sliding window) by its position in the loop over the
+    layers; a pass that starts at a middle layer must still give the sliding layer its window."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from detoxsum.modeling import DecoderOnly
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
+                         layer_types=["full_attention", "full_attention", "sliding_attention"])
+    model = Qwen2ForCausalLM(config).eval()
+    prompt_ids = torch.randint(1, 64, (2, 12))
+    response_ids = torch.randint(1, 64, (2, 5))
+    prompt_mask, response_mask = torch.ones_like(prompt_ids), torch.ones_like(response_ids)
+    family = DecoderOnly()
+    with torch.no_grad():
+        full, _, frozen = family.forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                                  frozen_from=2)
+        cached, _, _ = family.forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                               frozen_from=2, frozen=frozen)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    assert config.layer_types == ["full_attention", "full_attention", "sliding_attention"]  # put back

@@ -371,6 +371,28 @@ def test_early_stop_skips_the_minibatch_that_finds_the_policy_moved_too_far(tiny
     assert len(ppo_epochs(ppo, optimizer, rollout, no_stop, torch.Generator().manual_seed(0))) == 6
 
 
+def test_the_prefix_rewards_count_as_reward_time_not_forward_time(tiny_llama_dir):
+    """Step 5's reward calls over every prefix are reward-model time: `benchmarks/ppo_step.py` splits
+    a step by these timers, so the forward passes must not carry them."""
+    import time as clock
+
+    calls = []
+
+    def slow_reward(texts: list[str]) -> torch.Tensor:
+        calls.append(len(texts))
+        clock.sleep(0.5)
+        return text_length(texts)
+
+    cfg = TrainPPOConfig(batch_size=2, minibatch_size=2, max_new_tokens=4, reward_baseline="none",
+                         reward_shaping="prefix")
+    ppo = build_ppo_model(tiny_llama_dir, [], cfg)
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(2)], ppo, SHORT_BASE)
+    _, stats = collect_rollout(ppo, prompts, slow_reward, cfg, beta=0.05)
+    assert len(calls) == 2  # the summaries, then their prefixes
+    assert stats["time_reward_s"] >= 1.0
+    assert stats["time_forward_s"] < 0.5
+
+
 def test_reward_clip_clips_the_raw_scores_before_the_leave_one_out_baseline(tiny_model_dir):
     scores = torch.tensor([10.0, 1.0, -3.0, 2.0])
     _, _, (relative, _) = paired_rollouts(tiny_model_dir, lambda texts: scores[: len(texts)], 6,
@@ -563,10 +585,11 @@ def test_collect_rollout_gives_unfinished_summaries_the_unfinished_score(tiny_mo
 
 
 def test_collect_rollout_with_prefix_shaping_moves_reward_off_the_last_token_but_keeps_the_sums(tiny_model_dir):
-    _, (plain, _), (shaped, _) = paired_rollouts(tiny_model_dir, text_length, 6, reward_shaping="prefix",
-                                                 reward_baseline="none")
+    empty_text_reward = 1.5  # phi_0 = R(""): the sums keep the score less it (a reward of 0 there hid it)
+    _, (plain, _), (shaped, _) = paired_rollouts(tiny_model_dir, lambda texts: text_length(texts) + empty_text_reward,
+                                                 6, reward_shaping="prefix", reward_baseline="none")
     # policy == reference at the start, so the rewards are the reward model's shares alone
-    torch.testing.assert_close(shaped.rewards.sum(1), plain.rewards.sum(1))
+    torch.testing.assert_close(shaped.rewards.sum(1), plain.rewards.sum(1) - empty_text_reward)
     before_last = plain.response_mask.clone()
     before_last[torch.arange(4), plain.response_mask.sum(1).long() - 1] = 0
     assert (plain.rewards * before_last).abs().sum() == 0
@@ -671,6 +694,20 @@ def test_float32_output_layer_computes_logits_in_float32_under_autocast(tiny_lla
         assert head(hidden).dtype == torch.bfloat16  # the class's forward is back
     assert inside.dtype == torch.float32
     torch.testing.assert_close(inside, exact)
+
+
+def test_forward_policy_logits_carry_float32_precision_under_bf16(tiny_llama_dir):
+    """Under bf16 autocast the output layer still computes in float32 (`float32_output_layer`): a
+    bf16 head's logits, cast up afterwards, would all be bf16 values (8 bits of mantissa)."""
+    ppo = build_ppo_model(tiny_llama_dir, [], TrainPPOConfig(r=4, alpha=8), precision="bf16")
+    prompts = render_prompts([row["dialogue"] for row in fixture_rows(2)], ppo, SHORT_BASE)
+    torch.manual_seed(0)
+    rollout = sample_responses(ppo, prompts, max_new_tokens=4)
+    with torch.no_grad():
+        logits, _, _ = forward_policy(ppo, rollout)
+    assert logits.dtype == torch.float32
+    finer_than_bf16 = (logits != logits.bfloat16().float()).float().mean().item()
+    assert finer_than_bf16 > 0.9, finer_than_bf16
 
 
 def test_rollout_passes_in_minibatch_chunks_match_one_pass(tiny_model_dir):

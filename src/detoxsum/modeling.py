@@ -218,15 +218,21 @@ class DecoderOnly:
 @contextmanager
 def layers_from(model, first: int):
     """Run a decoder-only model from layer `first` up: the layers below are left out of its layer
-    list for the duration, so `inputs_embeds` are taken as the input of layer `first`."""
+    list for the duration, so `inputs_embeds` are taken as the input of layer `first`. A config's
+    `layer_types` (full or sliding-window attention, which Qwen2 reads by the loop's position over
+    the layers) is cut alike, so each layer keeps its own mask."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     stack = inner.base_model if hasattr(inner, "base_model") else inner
-    all_layers = stack.layers
+    all_layers, all_types = stack.layers, getattr(stack.config, "layer_types", None)
     stack.layers = torch.nn.ModuleList(list(all_layers)[first:])
+    if all_types is not None:
+        stack.config.layer_types = all_types[first:]
     try:
         yield
     finally:
         stack.layers = all_layers
+        if all_types is not None:
+            stack.config.layer_types = all_types
 
 
 Family = EncoderDecoder | DecoderOnly
@@ -515,7 +521,7 @@ class NucleusRows(LogitsProcessor):
     rows outside `sampled` (a bool per row; None: all rows sampled) stay greedy.
 
     Why not generate's own sampling: it cannot mix greedy and sampled rows in one batch (greedy
-    summaries would decode apart, at a quarter of the rows), and it draws through `torch.multinomial`
+    summaries would decode apart, at a fifth of the rows), and it draws through `torch.multinomial`
     over the whole vocabulary, one exponential variate per token and row: 54 ms a step for 40 rows
     of SmolLM2's 49,152 tokens on a 2-core CPU, where this draws among the nucleus candidates.
     Draws come from a generator seeded by `seed`, so a batch's samples do not depend on how many
@@ -563,16 +569,15 @@ def sample_summaries(model, tokenizer, family: Family, prompts: list[str], batch
 def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str], batch_size: int,
                              max_new_tokens: int, decoding: dict, precision: str, desc: str,
                              show_progress: bool, share_prefix: bool = False) -> list[list[str]]:
-    """The decoded responses of `model.generate(**decoding)` per prompt, in the order of `prompts`
-(with `top_p` in `decoding`: nucleus samples, `nucleus_sampling`).
+    """The decoded responses of `model.generate(**decoding)` per prompt, in the order of `prompts`;
+    with `top_p` in `decoding`, `rows_per_prompt` nucleus samples of each (`batch_decoding`).
 
     Prompts are generated longest first, in batches of similar length: a batch pads to its longest
     prompt, so sorting cuts the padded positions every generated token attends to (and the padding
     rows a batch keeps running after its short summaries are done matter less).
     """
     model.eval()
-    copies = decoding.get("rows_per_prompt", 1)  # each prompt's row repeated (beam search: one row per prompt)
-    per_prompt = decoding.get("num_return_sequences", copies)
+    per_prompt = decoding.get("rows_per_prompt", 1)
     order = length_order(tokenizer, family, prompts)
     summaries: list[list[str]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not show_progress):
@@ -580,7 +585,7 @@ def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str
         with autocast(model.device, precision):
             batch = shared_prefix_inputs(model, tokenizer, family, [prompts[i] for i in positions]) if share_prefix else None
             if batch is None:
-                batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions for _ in range(copies)],
+                batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions for _ in range(per_prompt)],
                                     model.device)
                 batch = with_roomy_cache(model, batch) if decoding.get("num_beams", 1) == 1 else batch
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),

@@ -89,6 +89,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
     # 3. reference log-probs: the same weights with the PPO adapter switched off
     with ppo.policy.disable_adapter():
         rollout.ref_logprobs, *_ = chunked_logprobs(ppo, rollout, cfg.minibatch_size)
+    forwarded = time.perf_counter()
 
     # 4. scores: clipped as the reward model gave them, a summary cut before its end of turn scored
     #    `unfinished_score` (so rambling to the cap never pays), then the baseline subtracted; clipping
@@ -108,6 +109,7 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
         token_scores = prefix_shaped_scores(potentials, rollout.scores, mask, cfg.gamma)
     else:
         token_scores = scores_at_last_token(rollout.scores, mask)
+    shaped = time.perf_counter()
     rollout.rewards = kl_penalized_rewards(token_scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
     if cfg.whiten_rewards:
         rollout.rewards = masked_scale(rollout.rewards, mask)
@@ -118,8 +120,9 @@ def collect_rollout(ppo: PPOModel, prompts: list[str], reward_fn: RewardFn, cfg:
         rollout.advantages = masked_whiten(rollout.advantages, mask)
 
     stats = rollout_stats(rollout, raw_scores, finished, masked_mean(entropies, mask), beta)
-    stats.update(time_generate_s=sampled - started, time_reward_s=scored - sampled,
-                 time_forward_s=time.perf_counter() - scored)  # steps 2-3
+    stats.update(time_generate_s=sampled - started,
+                 time_reward_s=(scored - sampled) + (shaped - forwarded),  # step 1's scores, step 5's prefixes
+                 time_forward_s=forwarded - scored)  # steps 2-3
     return rollout, stats
 
 
