@@ -41,6 +41,11 @@ def test_a_revision_for_a_source_that_has_none_names_the_key(values, key, fragme
     assert fragment in str(raised.value)
 
 
+def test_a_section_that_is_a_list_is_called_a_list():
+    with pytest.raises(ParamsError, match=r"params key 'train_lora' must be a mapping, got a list$"):
+        build_config(TrainLoraConfig, ["r", 8], "train_lora")
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ParamsError, match=r"train_lora\.learning_rat"):
         build_config(TrainLoraConfig, {"learning_rat": 0.1}, "train_lora")

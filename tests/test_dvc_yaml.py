@@ -65,6 +65,18 @@ def test_metrics_and_plots_are_small_git_tracked_files():
             assert props.get("cache") is False, f"stage {name}: {path} should have cache: false"
 
 
+def test_every_git_tracked_output_persists():
+    """DVC deletes a stage's outputs before it runs unless they persist, and a git-tracked output
+    (`cache: false`) cannot come back by `dvc checkout`: a failed or killed run would lose it."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            if isinstance(entry, dict):
+                (path, props), = entry.items()
+                if props.get("cache") is False:
+                    assert props.get("persist") is True, f"stage {name}: {path} should have persist: true"
+
+
 def test_fetch_depends_on_the_dataset_the_params_name():
     fetch = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["fetch"]
     assert [dep for dep in fetch["deps"] if not dep.startswith("src/")] == ["${fetch.dataset}"]

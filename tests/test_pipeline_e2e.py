@@ -6,11 +6,15 @@ Each `dvc repro` of the tiny pipeline spends most of its minute or so importing 
 transformers once per stage, so the checks share as few repros as they can."""
 
 import json
+import os
+import signal
+import subprocess
 import time
 
 import pytest
+import yaml
 from mlflow import MlflowClient
-from pipeline import copy_project, init_repo, run, run_stage_module, shrunk_params, update_params
+from pipeline import copy_project, init_repo, run, run_stage_module, shrunk_params, tool_env, update_params
 
 from detoxsum.distributed import available_devices
 from detoxsum.precision import Machine, resolve_precision
@@ -64,21 +68,70 @@ def test_dvc_repro_runs_every_stage_then_nothing(family, project):
 
 
 def check_failed_training_keeps_the_tracked_outputs(project):
-    """DVC deletes a stage's outputs before running it unless they persist: a training stage that
-    fails before training must leave its git-tracked curves and metrics as they were (its cached
-    outputs stay in the DVC cache, for `dvc checkout`)."""
+    """DVC deletes a stage's outputs before running it unless they persist, and DVCLive empties the
+    folder it opens: a stage that fails before or during training, or is killed, must leave every
+    git-tracked output as it was (its cached outputs stay in the DVC cache, for `dvc checkout`)."""
     params = (project / "params.yaml").read_text()
-    for stage in ("train_lora", "train_ppo"):
-        tracked = {path: path.read_bytes() for path in sorted((project / "dvclive" / stage).rglob("*"))
-                   if path.is_file()}
-        tracked[project / "metrics" / f"{stage}.json"] = (project / "metrics" / f"{stage}.json").read_bytes()
-        update_params(project, {stage: {"target_modules": ["nonexistent_proj"]}})
+    tracked = tracked_outputs(project)
+    failures = [("train_lora", {"target_modules": ["nonexistent_proj"]}, "nonexistent_proj"),  # before training
+                ("train_ppo", {"target_modules": ["nonexistent_proj"]}, "nonexistent_proj"),
+                ("train_lora", {"lr": 1.0e30}, "diverged")]  # during training: a non-finite loss
+    for stage, overrides, message in failures:
+        update_params(project, {stage: overrides})
         failed = run(["dvc", "repro", stage], project, check=False)
-        assert failed.returncode != 0 and "nonexistent_proj" in failed.stderr, failed.stderr[-2000:]
-        assert {path: path.read_bytes() for path in tracked} == tracked, stage
+        assert failed.returncode != 0 and message in failed.stderr, failed.stderr[-2000:]
+        assert tracked_outputs(project) == tracked, (stage, overrides)
         (project / "params.yaml").write_text(params)
         run(["dvc", "checkout"], project)  # the cached outputs DVC removed before the run come back
+    update_params(project, {"train_ppo": {"steps": 200}})  # killed after its first step
+    interrupt_repro(project, "train_ppo", lambda: any(project.glob("dvclive/.train_ppo.tmp-*/plots/metrics/*.tsv")))
+    assert tracked_outputs(project) == tracked, "train_ppo killed during training"
+    (project / "params.yaml").write_text(params)
+    run(["dvc", "checkout"], project)
+    interrupt_repro(project, "generate_ppo", running_for(project, "generate_ppo"))
+    assert tracked_outputs(project) == tracked, "generate_ppo killed"
     assert "changed" not in run(["dvc", "status"], project).stdout
+
+
+def tracked_outputs(project) -> dict:
+    """The bytes of every file of the stages' git-tracked (`cache: false`) outputs."""
+    files = {}
+    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            if isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False:
+                path = project / next(iter(entry))
+                for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+                    if file.is_file():
+                        files[file.relative_to(project)] = file.read_bytes()
+    return files
+
+
+def interrupt_repro(project, stage, ready, timeout_s=300):
+    """`dvc repro -f -s <stage>`, sent SIGTERM (as Ctrl-C or a CI cancel would) once `ready()`."""
+    log = project / "repro.log"
+    with log.open("w") as out:
+        repro = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=project, env=tool_env(), stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not ready() and repro.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert repro.poll() is None, f"{stage} ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+    os.killpg(repro.pid, signal.SIGTERM)
+    assert repro.wait(timeout=120) != 0
+    log.unlink()
+
+
+def running_for(project, stage, seconds=3.0):
+    """A `ready` for `interrupt_repro`: true once `dvc repro` has run `stage`'s command for
+    `seconds` (DVC removes the stage's non-persistent outputs just before it starts it)."""
+    seen = []
+
+    def ready() -> bool:
+        if not seen and f"Running stage '{stage}'" in (project / "repro.log").read_text():
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] >= seconds
+
+    return ready
 
 
 def check_outputs(project, family):

@@ -27,8 +27,8 @@ def test_pairs_layout_reads_the_configured_columns(tmp_path):
     ])
     cfg = TrainRewardConfig(dataset=str(data), dialogue_column="chat", chosen_column="good", rejected_column="bad",
                             family_column="kind")
-    pairs, origin = load_preference_pairs(cfg, seed=0)
-    assert origin == str(data)
+    pairs, origin, dropped = load_preference_pairs(cfg, seed=0)
+    assert origin == str(data) and dropped == {"empty_field": 0, "chosen_equals_rejected": 0}
     assert pairs == [PreferencePair("A: hi\nB: hello", "They greet.", "Idiots greet.", "polite_vs_rude"),
                      PreferencePair("A: rent?\nB: paid", "B paid rent.", "B bought a bike.", "all")]
 
@@ -40,7 +40,7 @@ def test_summarize_from_feedback_layout_takes_the_chosen_index(tmp_path):
     with zipfile.ZipFile(data, "w") as archive:
         archive.writestr("comparisons/train.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         archive.writestr("comparisons/test.jsonl", "")
-    pairs, origin = load_preference_pairs(TrainRewardConfig(dataset=str(data), layout="summarize_from_feedback"), 0)
+    pairs, origin, _ = load_preference_pairs(TrainRewardConfig(dataset=str(data), layout="summarize_from_feedback"), 0)
     assert origin == f"{data}/comparisons/train.jsonl"
     assert [(p.dialogue, p.chosen, p.rejected) for p in pairs] == [
         ("post 0", "first 0", "second 0"), ("post 1", "second 1", "first 1"), ("post 2", "first 2", "second 2")]
@@ -58,6 +58,29 @@ def test_chosen_equal_to_rejected_in_every_row_is_refused(tmp_path):
                                                   for i in range(4)])
     with pytest.raises(DataError, match=r"prefs\.jsonl: chosen equals rejected in every row \(4\)"):
         load_preference_pairs(TrainRewardConfig(dataset=str(data)), 0)
+
+
+def test_pairs_dropped_are_counted_by_reason(tmp_path):
+    rows = [{"dialogue": f"d{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    rows += [{"dialogue": "d3", "chosen": "same", "rejected": "same"}, {"dialogue": "d4", "chosen": "", "rejected": "x"}]
+    pairs, _, dropped = load_preference_pairs(TrainRewardConfig(dataset=str(write_jsonl(tmp_path / "p.jsonl", rows))), 0)
+    assert [pair.dialogue for pair in pairs] == ["d0", "d1", "d2"]
+    assert dropped == {"empty_field": 1, "chosen_equals_rejected": 1}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", r"prefs\.jsonl: the file is empty$"),
+    ("\n  \n", r"prefs\.jsonl: the file is empty$"),
+    ('{"dialogue": "d", "chosen": "a", "rejected": "b"}\n{"dialogue": "d2", "chosen": "a"\n',
+     r"prefs\.jsonl: line 2 is not a JSON object \(Expecting ',' delimiter\)$"),
+    ('{"dialogue": "d", "chosen": "a", "rejected": "b"}\n["d2", "a", "b"]\n', r"prefs\.jsonl: line 2 is not a JSON object \(found a list\)$"),
+])
+def test_an_empty_or_malformed_pair_file_says_so_in_one_line(tmp_path, text, message):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(text)
+    with pytest.raises(DataError, match=message) as raised:
+        load_preference_pairs(TrainRewardConfig(dataset=str(data)), 0)
+    assert "\n" not in str(raised.value)
 
 
 def test_fewer_than_two_usable_pairs_is_refused(tmp_path):

@@ -78,7 +78,7 @@ def test_a_recipe_that_changes_nothing_leaves_params_yaml_byte_for_byte_and_its_
 
 @pytest.mark.parametrize(("text", "message"), [
     ("train_lora: [unclosed\n", r"bad\.yaml: not valid YAML: .* at line \d+, column \d+$"),
-    ("- just\n- a list\n", r"bad\.yaml: top level must be a mapping of stage names, found a "),
+    ("- just\n- a list\n", r"bad\.yaml: top level must be a mapping of stage names, found a list$"),
 ])
 def test_a_recipe_that_is_no_yaml_mapping_is_one_line(tmp_path, text, message):
     params = tmp_path / "params.yaml"

@@ -108,6 +108,12 @@ def test_ill_typed_params_key(workdir):
     assert not (workdir / "artifacts" / "lora").exists()
 
 
+def test_tokenize_before_fetch_names_the_missing_folder_not_the_hub(workdir):
+    result = run_stage_module("tokenize", workdir)
+    assert_one_error(result, "artifacts/model: no such folder; run the fetch stage")
+    assert "huggingface.co" not in result.stderr
+
+
 def test_empty_split_after_filtering(workdir):
     assert run_stage_module("fetch", workdir).returncode == 0
     set_params(workdir, filter={"min_chars": 5000, "max_chars": 6000})

@@ -43,10 +43,15 @@ def assert_nothing_written(workdir):
 
 
 def test_train_reward_writes_the_model_metrics_and_curves(workdir):
+    rows = (workdir / "prefs.jsonl").read_text()
+    same = [{"dialogue": f"tie {i}", "chosen": "equal", "rejected": "equal"} for i in range(2)]
+    (workdir / "prefs.jsonl").write_text(rows + "".join(json.dumps(row) + "\n" for row in same))
     result = run_stage_module("train_reward", workdir)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: " in result.stderr and "dropped 2 pair(s) whose chosen equals rejected" in result.stderr
     metrics = json.loads((workdir / "metrics/train_reward.json").read_text())
     assert metrics["train_pairs"] + metrics["eval_pairs"] == 24
+    assert metrics["dropped_pairs"] == {"empty_field": 0, "chosen_equals_rejected": 2}
     assert {"accuracy", "margin", "accuracy/polite_vs_rude", "accuracy/faithful_vs_off_topic"} <= set(metrics["after"])
     assert (workdir / "dvclive/train_reward/plots/metrics/loss.tsv").is_file()
     assert (workdir / "dvclive/train_reward/plots/metrics/eval/accuracy.tsv").is_file()

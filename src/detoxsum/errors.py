@@ -7,6 +7,15 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def yaml_kind(value: object) -> str:
+    """What a parsed YAML value is, in YAML's words: a list, not ruamel's `CommentedSeq`."""
+    for types, name in ((dict, "mapping"), (list, "list"), (str, "string"), (bool, "boolean"),
+                        ((int, float), "number"), (type(None), "null")):
+        if isinstance(value, types):
+            return name
+    return type(value).__name__
+
+
 class PipelineError(Exception):
     """Bad input or configuration; stages print it as one line and exit non-zero."""
 

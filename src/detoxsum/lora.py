@@ -60,10 +60,9 @@ class StepAlignedDVCLiveCallback(DVCLiveCallback):
 
     The stock callback advances DVCLive's step once per log call, so train and eval points logged
     at the same optimizer step land on different x values; pinning the step keeps curves aligned.
-    `Live()` empties its folder when it opens, so it is opened by `open_live` at the start of
-    training: a run that fails before (a bad target module, a batch size that does not divide)
-    leaves the previous run's git-tracked curves as they were. A resumed run opens a fresh `Live`
-    and replays the checkpoint's log history into it.
+    `open_live` opens it when training begins (the stage gives it a temporary folder that replaces
+    the tracked curves only once the adapter is written, `outputs.open_live`). A resumed run opens
+    a fresh `Live` and replays the checkpoint's log history into it.
     """
 
     def __init__(self, open_live: Callable[[], Live]):

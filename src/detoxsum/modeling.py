@@ -433,7 +433,16 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     tokenizer.save_pretrained(out_dir)
 
 
+def require_fetched(model_dir: str | Path) -> None:
+    """Stop with one line when a fetched model folder is missing (not blamed on the Hub, where
+    transformers would look for a name it cannot find on disk)."""
+    if not Path(model_dir).is_dir():
+        raise ModelLoadError(f"{model_dir}: no such folder; run the fetch stage")
+
+
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a fetched model folder, with a pad token."""
+    require_fetched(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
@@ -451,6 +460,7 @@ def load_model(model_dir: str | Path, no_dropout: bool = False, dtype: torch.dty
     (bitsandbytes, for train_lora.method qlora) loads the weights quantized onto `device()`, where
     they must stay: a quantized model cannot be moved.
     """
+    require_fetched(model_dir)
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:

@@ -130,6 +130,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     swap_into_place(tmp, path)
 
 
+def open_live(folder: Path):
+    """DVCLive logging into `folder`, touching neither dvc.yaml nor DVC experiments.
+
+    A stage gives it an `atomic_dir` of its git-tracked curves: `Live()` empties the folder it opens,
+    so opening the tracked one would lose the last run's curves to a run that fails or is killed."""
+    from dvclive import Live
+
+    return Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

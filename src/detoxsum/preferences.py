@@ -135,24 +135,27 @@ def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and value != value) else str(value).strip()
 
 
-def usable_pairs(pairs: list[PreferencePair], origin: str) -> list[PreferencePair]:
-    """Drop pairs with an empty field or chosen == rejected; stop when fewer than two are left."""
+def usable_pairs(pairs: list[PreferencePair], origin: str) -> tuple[list[PreferencePair], dict[str, int]]:
+    """The pairs with every field filled and chosen != rejected, and how many of each kind were
+    dropped; stop when fewer than two are left."""
     if pairs and all(pair.chosen == pair.rejected for pair in pairs):
         raise DataError(f"{origin}: chosen equals rejected in every row ({len(pairs)}): nothing to learn from")
-    kept = [pair for pair in pairs if pair.dialogue and pair.chosen and pair.rejected and pair.chosen != pair.rejected]
+    filled = [pair for pair in pairs if pair.dialogue and pair.chosen and pair.rejected]
+    kept = [pair for pair in filled if pair.chosen != pair.rejected]
     if len(kept) < 2:
         raise DataError(f"{origin}: {len(kept)} usable preference pair(s) of {len(pairs)} rows (after dropping "
                         "empty fields and chosen == rejected); need at least 2")
-    return kept
+    return kept, {"empty_field": len(pairs) - len(filled), "chosen_equals_rejected": len(filled) - len(kept)}
 
 
-def load_preference_pairs(cfg: TrainRewardConfig, seed: int) -> tuple[list[PreferencePair], str]:
-    """Read, map and check the configured pairs; at most `cfg.max_pairs`, drawn with `seed`."""
+def load_preference_pairs(cfg: TrainRewardConfig, seed: int) -> tuple[list[PreferencePair], str, dict[str, int]]:
+    """Read, map and check the configured pairs; at most `cfg.max_pairs`, drawn with `seed`. Also
+    how many rows were dropped, by reason (`usable_pairs`)."""
     frame, origin = read_preference_table(cfg)
-    pairs = usable_pairs(pairs_from_table(frame, cfg, origin), origin)
+    pairs, dropped = usable_pairs(pairs_from_table(frame, cfg, origin), origin)
     if cfg.max_pairs is not None and len(pairs) > cfg.max_pairs:
         pairs = random.Random(seed).sample(pairs, cfg.max_pairs)
-    return pairs, origin
+    return pairs, origin, dropped
 
 
 def split_by_dialogue(pairs: list[PreferencePair], eval_fraction: float,

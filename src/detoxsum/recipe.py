@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from detoxsum.config import STAGE_CONFIGS, build_config, yaml_problem
-from detoxsum.errors import ParamsError
+from detoxsum.errors import ParamsError, yaml_kind
 from detoxsum.outputs import run_stage, write_text_atomic
 
 
@@ -68,7 +68,7 @@ def read_mapping(yaml: YAML, path: Path) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of stage names, found a {type(loaded).__name__}")
+        raise ParamsError(f"{path}: top level must be a mapping of stage names, found a {yaml_kind(loaded)}")
     return loaded
 
 

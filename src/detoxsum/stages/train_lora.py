@@ -9,10 +9,10 @@ for full; see lora.py), final losses, the method, learning rate and trainable pa
 from the last one (see checkpoints.py), and they are removed once the adapter is written.
 """
 
+import contextlib
 from pathlib import Path
 
 from datasets import load_from_disk
-from dvclive import Live
 from transformers import set_seed
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint
@@ -20,7 +20,7 @@ from detoxsum.config import load_stage_config
 from detoxsum.distributed import is_main_process, relaunch_if_parallel
 from detoxsum.errors import DataError
 from detoxsum.lora import StepAlignedDVCLiveCallback, load_for_training, save_trained, train_lora
-from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
 from detoxsum.stages import timing_file
 
 MODEL_DIR = Path("artifacts/model")
@@ -44,24 +44,21 @@ def main() -> None:
     run = fingerprint(cfg, base.seed, precision, base.num_processes, features["train"]._fingerprint,
                       features["validation"]._fingerprint, model.config.to_dict())
     work_dir = checkpoint_dir("train_lora", run)
-    callbacks = [StepAlignedDVCLiveCallback(open_live)] if main_process else []
-    trained, metrics = train_lora(
-        model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
-        work_dir, callbacks=callbacks, processes=base.num_processes,
-    )
-    if not main_process:
-        return
-    metrics.update(precision=precision, num_processes=base.num_processes)
-    with atomic_dir(ADAPTER_DIR) as tmp:
-        save_trained(trained, tokenizer, tmp)
-    write_json_atomic(METRICS_FILE, metrics)
+    # The tracked curves change only once the adapter is written (only process 0 writes any).
+    with atomic_dir(LIVE_DIR) if main_process else contextlib.nullcontext() as live_dir:
+        callbacks = [StepAlignedDVCLiveCallback(lambda: open_live(live_dir))] if main_process else []
+        trained, metrics = train_lora(
+            model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
+            work_dir, callbacks=callbacks, processes=base.num_processes,
+        )
+        if not main_process:
+            return
+        metrics.update(precision=precision, num_processes=base.num_processes)
+        with atomic_dir(ADAPTER_DIR) as tmp:
+            save_trained(trained, tokenizer, tmp)
+        write_json_atomic(METRICS_FILE, metrics)
     discard(work_dir)
     print(f"train_lora: {metrics}")
-
-
-def open_live() -> Live:
-    """DVCLive for the loss curves (a resumed run replays its checkpoint's into it)."""
-    return Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ the adapter goes on it. A soft prompt (`prompt_tuning`) is refused before anythi
 import time
 from pathlib import Path
 
-from dvclive import Live
 from transformers import AutoConfig, set_seed
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint, folder_digest
 from detoxsum.config import RewardSpec, load_stage_config
 from detoxsum.data import read_jsonl_split
 from detoxsum.modeling import device
-from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
 from detoxsum.stages import timing_file
 from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import (
@@ -64,20 +63,21 @@ def main() -> None:
     run = fingerprint(cfg, seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR),
                       *([folder_digest(REWARD_DIR)] if cfg.reward.kind == "trained" else []))
     work_dir = checkpoint_dir("train_ppo", run)
-    live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
+    with atomic_dir(LIVE_DIR) as live_dir:  # the tracked curves change only once the adapter is written
+        live = open_live(live_dir)
 
-    def log_step(stats: dict[str, float]) -> None:
-        for name, value in stats.items():
-            live.log_metric(name, value)
-        live.next_step()
+        def log_step(stats: dict[str, float]) -> None:
+            for name, value in stats.items():
+                live.log_metric(name, value)
+            live.next_step()
 
-    started = time.perf_counter()
-    history = train_ppo(ppo, prompts, reward_fn, cfg, seed, on_step=log_step, checkpoints=work_dir)
-    summary = {**summarize_history(history, time.perf_counter() - started), "precision": precision}
-    live.end()
-    with atomic_dir(PPO_DIR) as tmp:
-        save_ppo_model(ppo, tmp)
-    write_json_atomic(METRICS_FILE, summary)
+        started = time.perf_counter()
+        history = train_ppo(ppo, prompts, reward_fn, cfg, seed, on_step=log_step, checkpoints=work_dir)
+        summary = {**summarize_history(history, time.perf_counter() - started), "precision": precision}
+        live.end()
+        with atomic_dir(PPO_DIR) as tmp:
+            save_ppo_model(ppo, tmp)
+        write_json_atomic(METRICS_FILE, summary)
     discard(work_dir)
     print(f"train_ppo: {summary}")
 

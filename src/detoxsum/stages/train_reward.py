@@ -13,14 +13,14 @@ separate one (all-MiniLM-L6-v2, from PyPI): it trains in a minute on a CPU and r
 the summary in one pass.
 """
 
+import sys
 import time
 from pathlib import Path
 
-from dvclive import Live
 from transformers import set_seed
 
 from detoxsum.config import load_stage_config
-from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
+from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
 from detoxsum.stages import timing_file
 from detoxsum.preferences import load_preference_pairs, split_by_dialogue
 from detoxsum.reward_model import load_encoder, save_reward_model
@@ -34,21 +34,26 @@ LIVE_DIR = Path("dvclive/train_reward")
 def main() -> None:
     base = load_stage_config("base")
     cfg = load_stage_config("train_reward")
-    pairs, origin = load_preference_pairs(cfg, base.seed)  # errors stop here, before any output
+    pairs, origin, dropped = load_preference_pairs(cfg, base.seed)  # errors stop here, before any output
+    if dropped["chosen_equals_rejected"]:
+        print(f"warning: {origin}: dropped {dropped['chosen_equals_rejected']} pair(s) whose chosen equals "
+              "rejected (nothing to learn from them)", file=sys.stderr)
     train_pairs, eval_pairs = split_by_dialogue(pairs, cfg.eval_fraction, base.seed)
     set_seed(base.seed)  # the new head's initial weights
     model, tokenizer = load_encoder(cfg.model)
     started = time.perf_counter()
     before = evaluate_pairs(model, tokenizer, eval_pairs, cfg.max_length)
-    live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None)
-    train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, base.seed, callbacks=[LiveCallback(live)])
-    live.end()
-    after = evaluate_pairs(model, tokenizer, eval_pairs, cfg.max_length)
-    summary = {"source": origin, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
-               "before": before, "after": after, "train_seconds": round(time.perf_counter() - started, 1)}
-    with atomic_dir(REWARD_DIR) as tmp:
-        save_reward_model(model, tokenizer, cfg.max_length, tmp)
-    write_json_atomic(METRICS_FILE, summary)
+    with atomic_dir(LIVE_DIR) as live_dir:  # the tracked curves change only once the model is written
+        live = open_live(live_dir)
+        train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, base.seed, callbacks=[LiveCallback(live)])
+        live.end()
+        after = evaluate_pairs(model, tokenizer, eval_pairs, cfg.max_length)
+        summary = {"source": origin, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+                   "dropped_pairs": dropped, "before": before, "after": after,
+                   "train_seconds": round(time.perf_counter() - started, 1)}
+        with atomic_dir(REWARD_DIR) as tmp:
+            save_reward_model(model, tokenizer, cfg.max_length, tmp)
+        write_json_atomic(METRICS_FILE, summary)
     print(f"train_reward: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
           f"(shorter-wins rule {after['shorter_wins']:.3f}), "
           f"margin {before['margin']:.3f} -> {after['margin']:.3f} ({len(eval_pairs)} pairs)")
