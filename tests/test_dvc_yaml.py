@@ -80,7 +80,7 @@ def test_every_git_tracked_output_persists():
 def test_fetch_depends_on_the_dataset_the_params_name():
     fetch = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["fetch"]
     assert [dep for dep in fetch["deps"] if not dep.startswith("src/")] == ["${fetch.dataset}"]
-    assert {"metrics/fetch.json": {"cache": False}} in fetch["metrics"]
+    assert {"metrics/fetch.json": {"cache": False, "persist": True}} in fetch["metrics"]
 
 
 def test_editing_a_dataset_outside_the_repo_reruns_fetch_and_a_hub_dataset_still_parses(tmp_path, tiny_llama_dir):

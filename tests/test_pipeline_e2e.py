@@ -21,8 +21,8 @@ from detoxsum.precision import Machine, resolve_precision
 from detoxsum.registry import embedded_uri
 
 ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
-STAGES = ("fetch", "filter", "tokenize", "train_lora", "train_ppo", "generate_base", "generate_lora",
-          "generate_ppo", "evaluate", "register")
+STAGES = ("fetch", "filter", "tokenize", "train_lora", "train_reward", "select_reward", "train_ppo", "generate_base",
+          "generate_lora", "generate_ppo", "evaluate", "register")
 MODEL_NAME = "detoxsum-summarizer"
 
 
@@ -62,6 +62,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(family, project):
 
     if family == "llama":  # one family is enough for experiments and the registry
         check_failed_training_keeps_the_tracked_outputs(project)
+        check_an_unused_reward_model_does_not_rerun_ppo(project)
         check_registry_versions(project, [1])
         check_exp_run_changes_metrics_and_reruns_only_downstream(project)
         check_queued_sweep_registers_each_experiment(project)
@@ -91,6 +92,15 @@ def check_failed_training_keeps_the_tracked_outputs(project):
     interrupt_repro(project, "generate_ppo", running_for(project, "generate_ppo"))
     assert tracked_outputs(project) == tracked, "generate_ppo killed"
     assert "changed" not in run(["dvc", "status"], project).stdout
+
+
+def check_an_unused_reward_model_does_not_rerun_ppo(project):
+    """With a classifier reward (the default), retraining the reward model reruns train_reward and
+    select_reward, whose output stays the same, and nothing after them."""
+    update_params(project, {"train_reward": {"lr": 2.0e-4}})
+    rerun = run(["dvc", "repro"], project).stdout
+    assert "Running stage 'train_reward'" in rerun and "Running stage 'select_reward'" in rerun, rerun
+    assert "Running stage 'train_ppo'" not in rerun and "Running stage 'evaluate'" not in rerun, rerun
 
 
 def tracked_outputs(project) -> dict:
