@@ -4,7 +4,7 @@ The workload is what each generate stage does per test dialogue: one greedy summ
 `evaluate.toxicity_samples` (k) nucleus-sampled ones. The anchor is plain `model.generate`, as the
 stages ran it before: a greedy run, then a sampled run with `num_return_sequences=k`, which repeats
 every prompt k times before the forward pass, so each prompt is prefilled 1 + k times. The stages'
-path (`modeling.greedy_and_sampled_summaries`) prefills each prompt once, repeats its cache 1 + k
+path (`models.generation.greedy_and_sampled_summaries`) prefills each prompt once, repeats its cache 1 + k
 times and decodes the greedy row and the k sampled rows together, drawing the samples among the
 nucleus candidates (`NucleusRows`). Both sides use the same merged model (base + LoRA), batch
 size, precision and length-sorted batches; they generate the same greedy summaries (the script
@@ -27,13 +27,14 @@ from pathlib import Path
 import torch
 
 from detoxsum.config import load_stage_config
-from detoxsum.data import read_jsonl_split
-from detoxsum.evaluation import TestSet
-from detoxsum.modeling import (
-    decode_responses, device, length_order, load_with_adapters, pad_prompts, stop_token_ids,
-)
+from detoxsum.data.sources import read_jsonl_split
+from detoxsum.scoring.evaluation import TestSet
+from detoxsum.models.adapters import load_with_adapters
+from detoxsum.models.generation import length_order, pad_prompts
+from detoxsum.models.loading import device
+from detoxsum.models.tokens import decode_responses, stop_token_ids
 from detoxsum.precision import autocast
-from detoxsum.summarizer import GenerationSettings, Summarizer
+from detoxsum.models.summarizer import GenerationSettings, Summarizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -46,10 +46,12 @@ from ppo_vs_trl import EOS, PAD, random_prompts  # noqa: E402
 from precision import random_batch, synchronize, time_steps, timed  # noqa: E402
 
 from detoxsum.config import TrainLoraConfig, TrainPPOConfig, build_config, load_params  # noqa: E402
-from detoxsum.lora import attach_lora, lora_targets  # noqa: E402
-from detoxsum.modeling import (  # noqa: E402
-    family_of, generate_summaries, greedy_and_sampled_summaries, sample_summaries, save_model, shares_prompt_pass,
+from detoxsum.training.lora import attach_lora, lora_targets
+from detoxsum.models.family import family_of
+from detoxsum.models.generation import (
+    generate_summaries, greedy_and_sampled_summaries, sample_summaries, shares_prompt_pass,
 )
+from detoxsum.models.loading import save_model
 from detoxsum.ppo import build_ppo_model, train_ppo  # noqa: E402
 
 # google/flan-t5-base config.json; pad 0, eos 1, decoder start 0 as in T5's tokenizer.

@@ -1,4 +1,4 @@
-"""Samples per second of this project's LoRA training (`detoxsum.lora.train_lora`) against a minimal
+"""Samples per second of this project's LoRA training (`detoxsum.training.lora.train_lora`) against a minimal
 hand-written loop: is transformers' Trainer costing us speed? The anchor is the hand loop; the goal is
 ours/hand >= 0.9x.
 
@@ -50,9 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shapes sits beside 
 from _shapes import describe_machine, print_machine, sample_rows, smollm2_shaped_model, write_json  # noqa: E402
 
 from detoxsum.config import BaseConfig, TrainLoraConfig, build_config  # noqa: E402
-from detoxsum.data import tokenize_split  # noqa: E402
-from detoxsum.lora import attach_lora, lora_targets, train_lora  # noqa: E402
-from detoxsum.modeling import IGNORE_INDEX, family_of, load_model  # noqa: E402
+from detoxsum.data.features import tokenize_split
+from detoxsum.training.lora import attach_lora, lora_targets, train_lora
+from detoxsum.models.family import IGNORE_INDEX, family_of
+from detoxsum.models.loading import load_model
 from detoxsum.precision import PRECISIONS, autocast, default_device, resolve_for_model  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "lora_train.json"

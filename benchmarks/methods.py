@@ -42,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shapes sits beside 
 from _shapes import describe_machine, print_machine, write_json  # noqa: E402
 
 from detoxsum.config import TUNING_METHODS, load_stage_config  # noqa: E402
-from detoxsum.data import read_jsonl_split  # noqa: E402
+from detoxsum.data.sources import read_jsonl_split
 from detoxsum.errors import ParamsError  # noqa: E402
-from detoxsum.evaluation import TestSet, draw_examples  # noqa: E402
-from detoxsum.lora import load_for_training, save_trained, train_lora  # noqa: E402
-from detoxsum.metrics import rouge  # noqa: E402
-from detoxsum.modeling import device, load_with_adapters  # noqa: E402
-from detoxsum.summarizer import GenerationSettings, Summarizer  # noqa: E402
+from detoxsum.scoring.evaluation import TestSet, draw_examples
+from detoxsum.training.lora import load_for_training, save_trained, train_lora
+from detoxsum.scoring.metrics import rouge
+from detoxsum.models.adapters import load_with_adapters
+from detoxsum.models.loading import device
+from detoxsum.models.summarizer import GenerationSettings, Summarizer
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "methods.json"
 NEVER = 10**9  # checkpoint steps: a benchmark run is not resumed, and a full model's checkpoint is large

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from detoxsum.config import TrainPPOConfig, build_config, load_params, load_stage_config
-from detoxsum.data import read_jsonl_split
-from detoxsum.modeling import device
+from detoxsum.data.sources import read_jsonl_split
+from detoxsum.models.loading import device
 from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import build_ppo_model, hardest_dialogues, render_prompts, train_ppo
-from detoxsum.reward import build_reward_model
+from detoxsum.scoring.reward import build_reward_model
 
 # The parts of a step that `ppo_step` times; their sum is the step.
 TIMINGS = ("time_generate_s", "time_reward_s", "time_forward_s", "time_update_s")

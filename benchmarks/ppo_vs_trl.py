@@ -151,7 +151,7 @@ def step_summary(name: str, step_seconds: list[float], batch: int, response_leng
 
 def run_ours(model_dir: Path, args: argparse.Namespace, prompts: list[list[int]], top_layers: int | None) -> dict:
     from detoxsum.config import TrainPPOConfig, build_config
-    from detoxsum.modeling import device
+    from detoxsum.models.loading import device
     from detoxsum.ppo import ADAM_EPS, build_ppo_model, ppo_step
 
     cfg = build_config(TrainPPOConfig, {

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shapes sits beside 
 from _shapes import describe_machine, print_machine, smollm2_shaped_model, write_json  # noqa: E402
 
 from detoxsum.config import TrainLoraConfig  # noqa: E402
-from detoxsum.lora import attach_lora, lora_targets  # noqa: E402
-from detoxsum.modeling import family_of  # noqa: E402
+from detoxsum.training.lora import attach_lora, lora_targets
+from detoxsum.models.family import family_of
 from detoxsum.precision import DTYPES, Machine, autocast, default_device, resolve_precision  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "precision.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast, set_seed
 
-from detoxsum.preferences import PreferencePair
+from detoxsum.data.preferences import PreferencePair
 
 TOPICS = ["coffee", "train", "garden"]
 FILLER = "person1 person2 asks tells about the and a please thanks sorry friday monday late early".split()
@@ -67,7 +67,7 @@ def toy_pairs(count: int, family: str, seed: int) -> list[PreferencePair]:
 
 
 def save_tiny_reward(out_dir: Path, max_length: int = 64) -> Path:
-    from detoxsum.reward_model import save_reward_model
+    from detoxsum.scoring.reward_model import save_reward_model
 
     model, tokenizer = tiny_bert_reward()
     save_reward_model(model, tokenizer, max_length, out_dir)

@@ -8,12 +8,14 @@ from conftest import fixture_rows
 from datasets import Dataset
 
 from detoxsum.config import FetchConfig, FilterConfig, HubRevisions
-from detoxsum.data import (
-    SPLITS, drop_test_dialogues, filter_split, group_references, hub_commit, load_raw_splits, normalised,
-    split_words, tokenize_split,
-)
+from detoxsum.data.features import tokenize_split
+from detoxsum.data.filter import filter_split
+from detoxsum.data.sources import hub_commit, load_raw_splits, split_words
+from detoxsum.data.splits import SPLITS, drop_test_dialogues, group_references, normalised
 from detoxsum.errors import DataError
-from detoxsum.modeling import IGNORE_INDEX, end_of_turn_id, load_model
+from detoxsum.models.family import IGNORE_INDEX
+from detoxsum.models.loading import load_model
+from detoxsum.models.tokens import end_of_turn_id
 
 
 def write_rows(path, rows, **rename):
@@ -156,7 +158,7 @@ def test_a_zip_leaves_no_extracted_copy_and_errors_name_the_file_inside_it(tmp_p
     with zipfile.ZipFile(archive, "w") as handle:
         handle.writestr("chats/train.jsonl", json.dumps({"id": "1", "dialogue": "hi", "summary": "s"}) + "\n")
         handle.writestr("chats/test.jsonl", "{not json\n")
-    with pytest.raises(DataError, match=r"chats\.zip/chats/test\.jsonl: cannot read as jsonl"):
+    with pytest.raises(DataError, match=r"chats\.zip/chats/test\.jsonl: line 1 is not a JSON object"):
         load_raw_splits(FetchConfig(dataset=str(archive)), seed=0)
     assert list((tmp_path / "scratch").iterdir()) == []
 

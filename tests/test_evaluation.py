@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from detoxsum.config import EvaluateConfig
 from detoxsum.errors import DataError
-from detoxsum.evaluation import TestSet, VariantSummaries, score_variants, summaries_for
+from detoxsum.scoring.evaluation import TestSet, VariantSummaries, score_variants, summaries_for
 
 
 class RudeWordScorer:

@@ -12,16 +12,11 @@ from pipeline import REPO
 
 from detoxsum.config import EvaluateConfig, build_config
 from detoxsum.errors import DataError, ParamsError
-from detoxsum.evaluation import (
-    Examples,
-    TestSet,
-    VariantSummaries,
-    draw_examples,
-    few_shot_summaries_for,
-    generate_few_shot,
-    score_variants,
+from detoxsum.scoring.evaluation import (
+    Examples, TestSet, VariantSummaries, draw_examples, few_shot_summaries_for, generate_few_shot, score_variants,
 )
-from detoxsum.modeling import fit_dialogue, fit_examples, load_model
+from detoxsum.models.loading import load_model
+from detoxsum.models.prompts import fit_dialogue, fit_examples
 
 TEMPLATE = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
 

@@ -6,12 +6,12 @@ from conftest import fixture_rows
 from datasets import Dataset
 
 from detoxsum.config import TrainLoraConfig
-from detoxsum.data import tokenize_split
+from detoxsum.data.features import tokenize_split
 from detoxsum.errors import ParamsError, TrainingDiverged
-from detoxsum.lora import (
-    DivergenceCallback, attach_lora, last_eval_loss, lora_targets, top_layer_targets, train_lora, whole_run_loss,
-)
-from detoxsum.modeling import load_model
+from detoxsum.ppo.targets import top_layer_targets
+from detoxsum.training.callbacks import DivergenceCallback, last_eval_loss, whole_run_loss
+from detoxsum.training.lora import attach_lora, lora_targets, train_lora
+from detoxsum.models.loading import load_model
 
 
 def test_default_targets_per_architecture(tiny_t5_dir, tiny_llama_dir):
@@ -128,7 +128,7 @@ def test_saved_adapter_config_lists_targets_in_sorted_order(tiny_llama_dir, tmp_
 def test_summary_logits_collator_gives_the_full_length_loss_from_the_summary_positions_only(tiny_llama_dir):
     from transformers import DataCollatorForSeq2Seq
 
-    from detoxsum.lora import SummaryLogitsCollator, training_collator
+    from detoxsum.training.lora import SummaryLogitsCollator, training_collator
 
     model, tokenizer, family = load_model(tiny_llama_dir, no_dropout=True)
     model = attach_lora(model, family, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"])

@@ -13,16 +13,18 @@ from datasets import Dataset
 from pipeline import REPO, run_stage_module
 from workspace import SETTINGS, make_adapters, pipeline_run
 
-import detoxsum.lora as lora_module
+import detoxsum.training.lora as lora_module
 from detoxsum.config import METHOD_LR, TrainLoraConfig, TrainPPOConfig, build_config
-from detoxsum.data import tokenize_split
+from detoxsum.data.features import tokenize_split
 from detoxsum.errors import ParamsError
-from detoxsum.lora import attach_prompt, four_bit_kernel_problem, load_for_training, save_trained, train_lora
-from detoxsum.modeling import (
-    FULL_MODEL, LORA, PROMPT_TUNING, fit_dialogue, generate_summaries, load_model, load_with_adapters, saved_kind,
-)
+from detoxsum.training.lora import attach_prompt, load_for_training, save_trained, train_lora
+from detoxsum.training.qlora import four_bit_kernel_problem
+from detoxsum.models.adapters import FULL_MODEL, LORA, PROMPT_TUNING, load_with_adapters, saved_kind
+from detoxsum.models.generation import generate_summaries
+from detoxsum.models.loading import load_model
+from detoxsum.models.prompts import fit_dialogue
 from detoxsum.ppo import build_ppo_model
-from detoxsum.summarizer import load_summarizer
+from detoxsum.models.summarizer import load_summarizer
 
 PROMPT = "Summarize: {dialogue}\nSummary:"
 HAS_4BIT = four_bit_kernel_problem(torch.device("cpu")) is None
@@ -191,7 +193,7 @@ def test_the_summarizer_and_the_mlflow_model_load_a_full_model_in_place_of_the_b
     summarizer = load_summarizer(tmp_path / "no-base", [full_model_dir], SETTINGS)
     assert len(summarizer.summarize(["#Person1#: Coffee?\n#Person2#: Please."])) == 1
 
-    from detoxsum.registry import embedded_uri, load_model as load_logged, register_pipeline_run
+    from detoxsum.ship.registry import embedded_uri, load_model as load_logged, register_pipeline_run
     from detoxsum.stages import register as register_stage
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

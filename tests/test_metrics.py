@@ -2,14 +2,8 @@ import pytest
 
 import numpy as np
 
-from detoxsum.metrics import (
-    any_toxic,
-    bootstrap_indices,
-    change_interval,
-    expected_max_toxicity,
-    mean_interval,
-    percent_change,
-    rouge,
+from detoxsum.scoring.metrics import (
+    any_toxic, bootstrap_indices, change_interval, expected_max_toxicity, mean_interval, percent_change, rouge,
 )
 
 

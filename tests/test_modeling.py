@@ -5,10 +5,11 @@ import torch
 from conftest import fixture_rows
 
 from detoxsum.errors import ModelLoadError
-from detoxsum.modeling import (
-    decode_responses, end_of_turn_id, end_token_ids, family_of, fit_dialogue, generate_summaries,
-    greedy_and_sampled_summaries, load_model, sample_summaries, stop_token_ids,
-)
+from detoxsum.models.family import family_of
+from detoxsum.models.generation import generate_summaries, greedy_and_sampled_summaries, sample_summaries
+from detoxsum.models.loading import load_model
+from detoxsum.models.prompts import fit_dialogue
+from detoxsum.models.tokens import decode_responses, end_of_turn_id, end_token_ids, stop_token_ids
 
 TEMPLATE = "Summarize: {dialogue}\nSummary:"
 
@@ -45,7 +46,8 @@ def test_a_prompt_may_hold_other_braces_such_as_a_json_example(tiny_model_dir):
 def test_a_response_ends_at_its_first_end_token_for_evaluation_and_ppo_alike(tiny_t5_dir):
     """End of turn, eos or padding ends a response; the mask PPO trains on covers exactly the
     tokens of the text that evaluation (and the reward model) reads."""
-    from detoxsum.modeling import load_tokenizer, response_mask
+    from detoxsum.models.loading import load_tokenizer
+    from detoxsum.models.tokens import response_mask
 
     tokenizer = load_tokenizer(tiny_t5_dir)
     stop, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -146,7 +148,7 @@ def test_one_prompt_pass_gives_the_greedy_and_the_sampled_summaries_of_two_separ
 
 
 def test_prompts_led_by_the_same_examples_run_them_once_per_batch_with_the_same_summaries(tiny_model_dir):
-    from detoxsum.modeling import fit_examples
+    from detoxsum.models.prompts import fit_examples
 
     model, tokenizer, family = load_model(tiny_model_dir)
     rows = fixture_rows(8)
@@ -171,7 +173,7 @@ def test_prompts_led_by_the_same_examples_run_them_once_per_batch_with_the_same_
 def test_nucleus_draws_come_from_what_a_full_sort_keeps_in_proportion_to_their_probability():
     from transformers import TopPLogitsWarper
 
-    from detoxsum.modeling import draw_from_nucleus
+    from detoxsum.models.generation import draw_from_nucleus
 
     torch.manual_seed(0)
     scores = torch.cat([torch.randn(3, 300) * 4, torch.randn(2, 300) * 0.01])  # peaked rows, and nearly flat ones
@@ -191,7 +193,7 @@ def test_nucleus_draws_come_from_what_a_full_sort_keeps_in_proportion_to_their_p
 
 
 def test_nucleus_rows_leave_the_greedy_rows_alone_and_reduce_each_sampled_row_to_its_draw():
-    from detoxsum.modeling import NucleusRows
+    from detoxsum.models.generation import NucleusRows
 
     torch.manual_seed(0)
     scores = torch.randn(4, 50)
@@ -214,19 +216,19 @@ def test_family_seam_from_config_object():
 def test_the_embedded_model_is_converted_once_then_loaded_from_the_cache(monkeypatch, tmp_path, tiny_llama_dir):
     """A cold `summarize` must not dequantize the GGUF again: the first load saves safetensors to
     the cache folder, later loads read them (the GGUF stand-in here is the tiny Llama folder)."""
-    from detoxsum import modeling
+    from detoxsum.models import loading
     from detoxsum.config import EMBEDDED_MODEL
 
     monkeypatch.setenv("DETOXSUM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(modeling, "resolve_source", lambda source: (str(tiny_llama_dir), {}))
+    monkeypatch.setattr(loading, "resolve_source", lambda source: (str(tiny_llama_dir), {}))
     locations = []
-    real_load_from = modeling.load_from
-    monkeypatch.setattr(modeling, "load_from", lambda source, location, *rest: (
+    real_load_from = loading.load_from
+    monkeypatch.setattr(loading, "load_from", lambda source, location, *rest: (
         locations.append(location) or real_load_from(source, location, *rest)))
 
-    first, _ = modeling.load_source_model(EMBEDDED_MODEL)
-    second, _ = modeling.load_source_model(EMBEDDED_MODEL)
-    cache = modeling.embedded_model_cache()
+    first, _ = loading.load_source_model(EMBEDDED_MODEL)
+    second, _ = loading.load_source_model(EMBEDDED_MODEL)
+    cache = loading.embedded_model_cache()
     assert cache.parent == tmp_path / "cache" and (cache / "config.json").is_file()
     assert locations == [str(tiny_llama_dir), str(cache), str(cache)]  # converted once, then cached
     for name, tensor in first.state_dict().items():
@@ -246,7 +248,7 @@ def test_a_hub_model_is_loaded_at_its_revision_and_its_commit_recorded(monkeypat
     from huggingface_hub import constants
 
     from detoxsum.config import FetchConfig, HubRevisions
-    from detoxsum.modeling import load_source_model
+    from detoxsum.models.loading import load_source_model
     from detoxsum.stages.fetch import model_source
 
     main_commit, tagged_commit = "1" * 40, "2" * 40
@@ -265,7 +267,7 @@ def test_a_hub_model_is_loaded_at_its_revision_and_its_commit_recorded(monkeypat
 
 def test_a_revision_for_a_local_or_embedded_model_is_refused(tiny_llama_dir):
     from detoxsum.config import EMBEDDED_MODEL
-    from detoxsum.modeling import load_source_model
+    from detoxsum.models.loading import load_source_model
 
     for source in (str(tiny_llama_dir), EMBEDDED_MODEL):
         with pytest.raises(ModelLoadError, match=r"fetch\.revision\.model: 'main' applies to Hub models only"):
@@ -277,7 +279,7 @@ def test_a_pass_from_a_middle_layer_keeps_each_layers_own_attention_type(tmp_pat
     layers; a pass that starts at a middle layer must still give the sliding layer its window."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from detoxsum.modeling import DecoderOnly
+    from detoxsum.models.family import DecoderOnly
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,

@@ -14,11 +14,11 @@ import time
 import pytest
 import yaml
 from mlflow import MlflowClient
-from pipeline import copy_project, init_repo, run, run_stage_module, shrunk_params, tool_env, update_params
+from pipeline import REPO, copy_project, init_repo, run, run_stage_module, shrunk_params, tool_env, update_params
 
 from detoxsum.distributed import available_devices
 from detoxsum.precision import Machine, resolve_precision
-from detoxsum.registry import embedded_uri
+from detoxsum.ship.registry import embedded_uri
 
 ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
 STAGES = ("fetch", "filter", "tokenize", "train_lora", "train_reward", "select_reward", "train_ppo", "generate_base",
@@ -61,11 +61,36 @@ def test_dvc_repro_runs_every_stage_then_nothing(family, project):
     assert "changed" not in run(["dvc", "status"], project).stdout
 
     if family == "llama":  # one family is enough for experiments and the registry
+        check_staleness_table_in_the_guide(project)
         check_failed_training_keeps_the_tracked_outputs(project)
         check_an_unused_reward_model_does_not_rerun_ppo(project)
         check_registry_versions(project, [1])
         check_exp_run_changes_metrics_and_reruns_only_downstream(project)
         check_queued_sweep_registers_each_experiment(project)
+
+
+# One file of each subpackage (and of the core): the stages `dvc status` lists once it changes.
+TOUCHED = ("config.py", "data/splits.py", "models/generation.py", "training/lora.py", "ppo/trainer.py",
+           "scoring/metrics.py", "ship/registry.py", "tools/report.py", "stages/paths.py")
+TABLE_HEADER = "| file edited (under src/detoxsum/) | stages `dvc status` lists |"
+
+
+def check_staleness_table_in_the_guide(project):
+    """docs/guide.md's table of which stages go stale after an edit in each subpackage is what real
+    `dvc status` says on this copy: each file gets a comment line appended, then is restored."""
+    measured = {}
+    for name in TOUCHED:
+        path = project / "src" / "detoxsum" / name
+        original = path.read_text()
+        path.write_text(original + "\n# edited\n")
+        status = json.loads(run(["dvc", "status", "--json"], project).stdout or "{}")
+        path.write_text(original)
+        measured[name] = [stage for stage, changes in status.items()
+                          if any("changed deps" in change for change in changes if isinstance(change, dict))]
+    rows = [TABLE_HEADER, "|---|---|"] + [f"| `{name}` | {', '.join(stages) or 'none'} |" for name, stages in measured.items()]
+    guide = (REPO / "docs" / "guide.md").read_text()
+    assert "\n".join(rows) in guide, "docs/guide.md should hold this table:\n" + "\n".join(rows)
+    assert "changed" not in run(["dvc", "status"], project).stdout
 
 
 def check_failed_training_keeps_the_tracked_outputs(project):

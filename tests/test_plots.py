@@ -7,7 +7,7 @@ import sys
 import pytest
 from pipeline import tool_env
 
-from detoxsum.plots import PNG_MAGIC, is_timing, overlay, read_specs, render_all
+from detoxsum.tools.plots import PNG_MAGIC, is_timing, overlay, read_specs, render_all
 
 pytest.importorskip("vl_convert", reason="vl-convert-python: pip install -r requirements-dev.txt")
 

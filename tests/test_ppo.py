@@ -18,17 +18,11 @@ import yaml
 from conftest import fixture_rows
 
 from detoxsum.config import BaseConfig, TrainPPOConfig
-from detoxsum.lora import attach_lora, lora_targets
-from detoxsum.modeling import (
-    decode_responses,
-    generate_summaries,
-    load_model,
-    load_tokenizer,
-    load_with_adapters,
-    pad_prompts,
-    response_mask,
-    stop_token_ids,
-)
+from detoxsum.training.lora import attach_lora, lora_targets
+from detoxsum.models.adapters import load_with_adapters
+from detoxsum.models.generation import generate_summaries, pad_prompts
+from detoxsum.models.loading import load_model, load_tokenizer
+from detoxsum.models.tokens import decode_responses, response_mask, stop_token_ids
 from detoxsum.ppo.functional import (
     adaptive_beta,
     entropy_from_logits,
@@ -47,14 +41,7 @@ from detoxsum.ppo.functional import (
 )
 from detoxsum.ppo.model import build_ppo_model, forward_policy, load_value_head, save_ppo_model
 from detoxsum.ppo.rollout import (
-    chunked_logprobs,
-    ends_at_stop,
-    greedy_baselines,
-    hardest_dialogues,
-    prefix_potentials,
-    prompt_batches,
-    render_prompts,
-    sample_responses,
+    chunked_logprobs, ends_at_stop, greedy_baselines, hardest_dialogues, prefix_potentials, prompt_batches, render_prompts, sample_responses,
 )
 from detoxsum.errors import TrainingDiverged
 from detoxsum.ppo.trainer import (
@@ -500,7 +487,7 @@ def test_frozen_layers_run_once_per_rollout_and_change_nothing(tiny_model_dir, t
 def test_frozen_layers_are_cached_only_where_a_middle_layer_can_take_inputs_embeds():
     from transformers import GPT2Config, LlamaConfig, T5Config
 
-    from detoxsum.modeling import DecoderOnly, EncoderDecoder
+    from detoxsum.models.family import DecoderOnly, EncoderDecoder
 
     assert DecoderOnly().caches_frozen_layers(LlamaConfig())
     assert not DecoderOnly().caches_frozen_layers(GPT2Config())  # adds position embeddings to inputs_embeds
@@ -681,7 +668,8 @@ def test_bf16_weight_storage_matches_autocast_over_fp32_weights(tiny_model_dir):
 
 
 def test_float32_output_layer_computes_logits_in_float32_under_autocast(tiny_llama_dir):
-    from detoxsum.modeling import float32_output_layer, load_model
+    from detoxsum.models.loading import load_model
+    from detoxsum.ppo.output_layer import float32_output_layer
 
     model, _, _ = load_model(tiny_llama_dir)
     head = model.get_output_embeddings()
@@ -741,7 +729,7 @@ def test_ppo_with_a_trained_reward_scores_each_summary_with_its_own_dialogue(tin
     from reward_fixtures import save_tiny_reward
 
     from detoxsum.ppo.rollout import DialogueReward, hardest_dialogues
-    from detoxsum.reward_model import TrainedReward
+    from detoxsum.scoring.reward_model import TrainedReward
 
     trained = TrainedReward.load(save_tiny_reward(tmp_path / "reward"))
     seen: list[str] = []

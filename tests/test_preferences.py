@@ -10,7 +10,7 @@ import pytest
 
 from detoxsum.config import TrainRewardConfig, build_config
 from detoxsum.errors import DataError, ParamsError
-from detoxsum.preferences import PreferencePair, load_preference_pairs, split_by_dialogue
+from detoxsum.data.preferences import PreferencePair, load_preference_pairs, split_by_dialogue
 
 REPO = Path(__file__).resolve().parents[1]
 

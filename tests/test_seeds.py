@@ -2,7 +2,7 @@
 
 import json
 
-from detoxsum.seeds import experiments_from_show, render, summarise
+from detoxsum.tools.seeds import experiments_from_show, render, summarise
 
 
 def evaluate_metrics(change: float, low: float, high: float, rouge_l: float) -> dict:
@@ -46,7 +46,7 @@ def test_toxicities_keep_three_decimals_and_percentages_two():
 
 
 def test_the_readme_figure_draws_every_seed_of_both_models(tmp_path):
-    from detoxsum.seeds import FIGURE_SERIES, figure_spec, main
+    from detoxsum.tools.seeds import FIGURE_SERIES, figure_spec, main
 
     runs = {"seed-1": 0.2, "seed-2": 0.3}
     table = {f"{model} {name}": {"per_run": {run: value + (model == "PPO") for run, value in runs.items()}, "mean": 0.0, "sd": 0.0}
@@ -62,7 +62,7 @@ def test_the_readme_figure_draws_every_seed_of_both_models(tmp_path):
 
 
 def test_two_settings_on_the_same_seeds_give_the_mean_difference_and_its_t_interval(tmp_path, capsys):
-    from detoxsum.seeds import main, paired_differences, render_paired
+    from detoxsum.tools.seeds import main, paired_differences, render_paired
 
     runs = experiments_from_show(show_json({
         "new-1": (1, evaluate_metrics(-50.0, -70.0, -30.0, 30.0)),
@@ -92,7 +92,7 @@ def test_against_needs_as_many_names():
     import pytest
 
     from detoxsum.errors import DataError
-    from detoxsum.seeds import compare_settings
+    from detoxsum.tools.seeds import compare_settings
 
     runs = experiments_from_show(show_json({"a": (1, evaluate_metrics(-1, -2, 0, 30)), "b": (1, evaluate_metrics(-1, -2, 0, 30))}))
     with pytest.raises(DataError, match="--against needs --names"):

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from detoxsum import serving
-from detoxsum.serving import DialogueSummarizer, dialogues_of
+from detoxsum.ship import serving
+from detoxsum.ship.serving import DialogueSummarizer, dialogues_of
 
 GENERATION = {"prompt": "{dialogue}", "max_source_tokens": 8, "max_new_tokens": 2, "batch_size": 1, "num_beams": 1}
 

@@ -13,8 +13,8 @@ from workspace import make_adapters, make_workspace, pipeline_run
 
 from detoxsum.__main__ import main
 from detoxsum.config import RegisterConfig
-from detoxsum.dialogue_files import parse_text
-from detoxsum.registry import embedded_uri, register_pipeline_run
+from detoxsum.data.dialogue_files import parse_text
+from detoxsum.ship.registry import embedded_uri, register_pipeline_run
 
 CFG = RegisterConfig(model_name="tiny-summarizer")
 DIALOGUES = ["#Person1#: The train is late again.\n#Person2#: Then we take the bike.",

@@ -11,7 +11,7 @@ from reward_fixtures import tiny_bert_reward, toy_pairs
 
 from detoxsum.config import RewardSpec
 from detoxsum.errors import ParamsError
-from detoxsum.reward_model import TrainedReward
+from detoxsum.scoring.reward_model import TrainedReward
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import yaml
 from peft import LoraConfig, get_peft_model
 from pipeline import REPO
 
-from detoxsum.modeling import load_model
-from detoxsum.registry import PipelineRun
-from detoxsum.summarizer import GenerationSettings
+from detoxsum.models.loading import load_model
+from detoxsum.ship.registry import PipelineRun
+from detoxsum.models.summarizer import GenerationSettings
 
 SETTINGS = GenerationSettings(prompt="Summarize the following conversation.\n\n{dialogue}\n\nSummary:",
                               max_source_tokens=96, max_new_tokens=6, batch_size=4, num_beams=1, precision="fp32")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detoxsum.config import RegisterConfig, load_stage_config
-from detoxsum.dialogue_files import FORMATS, STDIO, SUFFIX_FORMATS, format_of, read_records, render
+from detoxsum.data.dialogue_files import FORMATS, STDIO, SUFFIX_FORMATS, format_of, read_records, render
 from detoxsum.errors import ModelLoadError
 from detoxsum.outputs import run_stage, write_text_atomic
 
@@ -84,7 +84,7 @@ def load_summarize(model: str) -> Summarize:
     if ":/" not in model and not folder.exists():  # neither a URI (models:/, runs:/, s3://) nor a folder
         raise ModelLoadError(f"--model {model}: no such folder, and not an MLflow model URI such as "
                              "models:/detoxsum-summarizer@champion")
-    from detoxsum.registry import load_model  # imports MLflow: only when a logged model is asked for
+    from detoxsum.ship.registry import load_model
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps one bar: ours
     import pandas as pd
@@ -96,7 +96,7 @@ def load_summarize(model: str) -> Summarize:
 
 def workspace_summarizer(folder: Path):
     """The model `register.model` of a pipeline workspace (after `dvc repro`), without MLflow."""
-    from detoxsum.summarizer import GenerationSettings, adapter_chain, load_summarizer
+    from detoxsum.models.summarizer import GenerationSettings, adapter_chain, load_summarizer
 
     model_dir = folder / "artifacts" / "model"
     if not (folder / "params.yaml").is_file() or not model_dir.is_dir():

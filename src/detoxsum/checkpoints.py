@@ -19,8 +19,6 @@ from typing import Any
 
 import torch
 
-ROOT = Path("checkpoints")
-
 
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (dataclasses given as their `__dict__`)."""
@@ -39,7 +37,7 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_dir(stage: str, run_fingerprint: str, root: Path = ROOT) -> Path:
+def checkpoint_dir(stage: str, run_fingerprint: str, root: Path) -> Path:
     """This run's checkpoint folder (created), after removing other runs' folders of the stage."""
     stage_dir = root / stage
     if stage_dir.is_dir():

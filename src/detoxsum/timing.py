@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 from detoxsum.precision import DTYPES, Machine, cpu_has_native_bf16, default_device
-from detoxsum.stages import TIMING_DIR
 
 # `time make repro` budget of the default where bf16 is native (seconds), and elsewhere the allowed
 # multiple of the compute floor.
@@ -150,6 +149,8 @@ def report(timings: dict[str, dict], peak_gflops: float, native_bf16: bool) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
+    from detoxsum.stages.paths import TIMING_DIR  # the command's default; the functions above take a folder
+
     parser = argparse.ArgumentParser(description="Per-stage wall time and FLOPs of the last dvc repro, against the budget.")
     parser.add_argument("--folder", type=Path, default=TIMING_DIR, help="where the stages wrote their timing files")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ are what they are, with the runs behind them: docs/experiments.md.
 Why hand-written: trl >= 1.13 removed PPOTrainer and AutoModelForSeq2SeqLMWithValueHead (PR #7020),
 and its remaining online trainers (GRPO, RLOO) slice completions out of prompt+completion
 sequences, which does not fit encoder-decoder models such as FLAN-T5. No code is taken from trl or
-elsewhere; architecture differences stay behind `Family.forward_response` (modeling.py).
+elsewhere; architecture differences stay behind `Family.forward_response` (models/family.py).
 
 Modules: `functional` (pure math), `model` (build / save / load / forward), `rollout` (prompts,
 sampling, texts, potentials, scoring passes), `trainer` (the loop, as numbered steps).
@@ -28,8 +28,9 @@ Run it through the stage: `python -m detoxsum.stages.train_ppo`. In code:
 """
 
 from detoxsum.ppo.model import PPOModel, ValueHead, build_ppo_model, forward_policy, load_value_head, save_ppo_model
-from detoxsum.ppo.rollout import DialogueReward, RewardFn, Rollout, hardest_dialogues, render_prompts
+from detoxsum.ppo.rollout import DialogueReward, RewardFn, hardest_dialogues, render_prompts
 from detoxsum.ppo.trainer import ADAM_EPS, ppo_step, summarize_history, train_ppo
+from detoxsum.ppo.types import Rollout
 
 __all__ = [
     "ADAM_EPS", "DialogueReward", "PPOModel", "RewardFn", "Rollout", "ValueHead", "build_ppo_model", "forward_policy",

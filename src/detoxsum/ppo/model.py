@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
@@ -25,12 +24,14 @@ from torch import nn
 
 from detoxsum.config import TrainPPOConfig
 from detoxsum.errors import ParamsError
-from detoxsum.lora import attach_lora, lora_targets, lowest_layer, top_layer_targets
-from detoxsum.modeling import PROMPT_TUNING, Family, float32_output_layer, load_model, load_with_adapters, saved_kind
+from detoxsum.models.adapters import PROMPT_TUNING, load_with_adapters, saved_kind
+from detoxsum.models.family import Family
+from detoxsum.models.loading import load_model
+from detoxsum.ppo.output_layer import float32_output_layer
+from detoxsum.ppo.targets import lowest_layer, top_layer_targets
+from detoxsum.ppo.types import Rollout
 from detoxsum.precision import DTYPES, autocast
-
-if TYPE_CHECKING:
-    from detoxsum.ppo.rollout import Rollout
+from detoxsum.training.lora import attach_lora, lora_targets
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 

@@ -2,7 +2,7 @@
 
 A `Rollout` is one batch of experience; `sample_responses` fills its ids and mask, and the trainer
 adds log-probs, values, rewards and advantages. A response ends at its first end token (end of turn,
-eos or padding), the same rule `modeling.decode_responses` applies to evaluation's summaries.
+eos or padding), the same rule `tokens.decode_responses` applies to evaluation's summaries.
 """
 
 from __future__ import annotations
@@ -10,23 +10,18 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
 from detoxsum.config import BaseConfig
-from detoxsum.modeling import (
-    end_token_ids,
-    fit_dialogue,
-    generate_summaries,
-    pad_prompts,
-    response_mask,
-    response_text,
-    stop_token_ids,
-    with_roomy_cache,
-)
+from detoxsum.models.cache import with_roomy_cache
+from detoxsum.models.generation import generate_summaries, pad_prompts
+from detoxsum.models.prompts import fit_dialogue
+from detoxsum.models.tokens import end_token_ids, response_mask, response_text, stop_token_ids
 from detoxsum.ppo.functional import entropy_from_logits, logprobs_from_logits
 from detoxsum.ppo.model import PPOModel, forward_policy
+from detoxsum.ppo.types import Rollout
 from detoxsum.precision import autocast
 
 
@@ -82,28 +77,6 @@ def prompt_batches(prompts: list[str], batch_size: int, seed: int, samples_per_p
     while True:
         distinct = [next(stream) for _ in range(batch_size // samples_per_prompt)]
         yield [prompt for prompt in distinct for _ in range(samples_per_prompt)]
-
-
-@dataclass
-class Rollout:
-    """One batch of experience; every field is a tensor with the batch in its first dimension."""
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor  # float: 1.0 up to and including the first stop token
-    frozen: torch.Tensor | None = None  # output of the layers below the PPO adapter (see PPOModel)
-    logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-    rewards: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-
-    def select(self, index: torch.Tensor) -> Rollout:
-        rows = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Rollout(**{name: None if value is None else value[index] for name, value in rows.items()})
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from detoxsum.checkpoints import load_state, save_state
 from detoxsum.config import TrainPPOConfig
 from detoxsum.errors import DataError, TrainingDiverged
-from detoxsum.modeling import decode_responses, stop_token_ids
+from detoxsum.models.tokens import decode_responses, stop_token_ids
 from detoxsum.ppo.functional import (
     adaptive_beta,
     approx_kl,
@@ -37,7 +37,6 @@ from detoxsum.ppo.functional import (
 from detoxsum.ppo.model import PPOModel, forward_policy
 from detoxsum.ppo.rollout import (
     RewardFn,
-    Rollout,
     chunked_logprobs,
     ends_at_stop,
     greedy_baselines,
@@ -46,6 +45,7 @@ from detoxsum.ppo.rollout import (
     sample_responses,
     score_texts,
 )
+from detoxsum.ppo.types import Rollout
 
 # lm-human-preferences ran TensorFlow's Adam with eps 1e-5; Huang et al. found PyTorch's Adam with
 # its defaults makes the first updates more aggressive.

@@ -19,19 +19,20 @@ import json
 from pathlib import Path
 
 from detoxsum.config import load_stage_config
-from detoxsum.data import read_jsonl_split
+from detoxsum.data.sources import read_jsonl_split
 from detoxsum.errors import DataError
-from detoxsum.evaluation import TestSet, few_shot_summaries_for, score_variants, summaries_for, toxicity_histogram
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic, write_jsonl_atomic
-from detoxsum.stages import timing_file
-from detoxsum.reward import build_scorer
+from detoxsum.scoring.evaluation import (
+    TestSet,
+    few_shot_summaries_for,
+    score_variants,
+    summaries_for,
+    toxicity_histogram,
+)
+from detoxsum.scoring.reward import build_scorer
+from detoxsum.stages.paths import HISTOGRAM_DIR, PREDICTIONS_FILE, SUMMARIES_DIR, TEST_FILE, metrics_file, timing_file
 
-TEST_FILE = Path("data/filtered/test.jsonl")
-SUMMARIES_DIR = Path("results/summaries")
 VARIANTS = ("base", "lora", "ppo")
-METRICS_FILE = Path("metrics/evaluate.json")
-PREDICTIONS_FILE = Path("results/predictions.jsonl")
-HISTOGRAM_DIR = Path("plots/toxicity")
 
 
 def main() -> None:
@@ -58,7 +59,7 @@ def main() -> None:
             lines = ["toxicity,lora,ppo"] + [f"{r['toxicity']},{r['lora']},{r['ppo']}" for r in table]
             (tmp / f"{scorer.name}.csv").write_text("\n".join(lines) + "\n")
     write_jsonl_atomic(PREDICTIONS_FILE, rows)
-    write_json_atomic(METRICS_FILE, metrics)
+    write_json_atomic(metrics_file("evaluate"), metrics)
     for name in summaries:
         print(f"evaluate: {name}: {headline(metrics[name], scorers)}")
     print(f"evaluate: detox LoRA -> PPO: {metrics['detox']}")

@@ -9,19 +9,15 @@ to the exact model and data it started from.
 """
 
 from importlib.metadata import version
-from pathlib import Path
 
 from transformers import set_seed
 
 from detoxsum.config import EMBEDDED_MODEL, FetchConfig, load_stage_config, looks_local
-from detoxsum.data import SPLITS, hub_commit, load_raw_splits
-from detoxsum.modeling import load_source_model, save_model
+from detoxsum.data.sources import hub_commit, load_raw_splits
+from detoxsum.data.splits import SPLITS
+from detoxsum.models.loading import load_source_model, save_model
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-
-MODEL_DIR = Path("artifacts/model")
-RAW_DIR = Path("data/raw")
-METRICS = Path("metrics/fetch.json")
+from detoxsum.stages.paths import MODEL_DIR, RAW_DIR, metrics_file, timing_file
 
 
 def model_source(cfg: FetchConfig) -> dict:
@@ -56,7 +52,7 @@ def main() -> None:
             splits[name].to_json(tmp / f"{name}.jsonl", lines=True, force_ascii=False)
     with atomic_dir(MODEL_DIR) as tmp:
         save_model(model, tokenizer, tmp)
-    write_json_atomic(METRICS, fetched)
+    write_json_atomic(metrics_file("fetch"), fetched)
     print(f"fetch: {', '.join(f'{n}={len(splits[n])}' for n in SPLITS)} rows; model {cfg.model!r} -> {MODEL_DIR}")
 
 

@@ -5,19 +5,15 @@ Run: `python -m detoxsum.stages.filter`. Reads `filter` from params.yaml and `da
 `data/filtered/*.jsonl` and `metrics/filter.json` (kept/dropped counts per split and reason).
 """
 
-from pathlib import Path
 
 from detoxsum.config import load_stage_config
-from detoxsum.data import SPLITS, drop_test_dialogues, filter_split, read_jsonl_split
+from detoxsum.data.filter import filter_split
+from detoxsum.data.sources import read_jsonl_split
+from detoxsum.data.splits import SPLITS, drop_test_dialogues
 from detoxsum.errors import DataError
-from detoxsum.modeling import load_tokenizer
+from detoxsum.models.loading import load_tokenizer
 from detoxsum.outputs import atomic_dir, run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-
-RAW_DIR = Path("data/raw")
-MODEL_DIR = Path("artifacts/model")
-FILTERED_DIR = Path("data/filtered")
-METRICS_FILE = Path("metrics/filter.json")
+from detoxsum.stages.paths import FILTERED_DIR, MODEL_DIR, RAW_DIR, metrics_file, timing_file
 
 
 def main() -> None:
@@ -40,7 +36,7 @@ def main() -> None:
     with atomic_dir(FILTERED_DIR) as tmp:
         for name in SPLITS:
             kept[name].to_json(tmp / f"{name}.jsonl", lines=True, force_ascii=False)
-    write_json_atomic(METRICS_FILE, counts)
+    write_json_atomic(metrics_file("filter"), counts)
     print("filter: " + ", ".join(f"{n} kept {counts[n]['kept']}/{counts[n]['rows_in']}" for n in SPLITS))
 
 

@@ -11,25 +11,18 @@ With `base.num_processes` > 1 the dialogues are shared out among processes (`acc
 """
 
 import sys
-from pathlib import Path
 
 from transformers import set_seed
 
 from detoxsum.config import load_stage_config
-from detoxsum.data import read_jsonl_split
+from detoxsum.data.sources import read_jsonl_split
 from detoxsum.distributed import gather, init_process_group, is_main_process, rank_and_world, relaunch_if_parallel
 from detoxsum.errors import ParamsError
-from detoxsum.evaluation import Examples, TestSet, draw_examples, generate_variant
 from detoxsum.outputs import run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-from detoxsum.reward import build_scorer
+from detoxsum.scoring.evaluation import Examples, TestSet, draw_examples, generate_variant
+from detoxsum.scoring.reward import build_scorer
+from detoxsum.stages.paths import LORA_DIR, MODEL_DIR, PPO_DIR, SUMMARIES_DIR, TEST_FILE, TRAIN_FILE, timing_file
 
-MODEL_DIR = Path("artifacts/model")
-LORA_DIR = Path("artifacts/lora")
-PPO_DIR = Path("artifacts/ppo")
-TEST_FILE = Path("data/filtered/test.jsonl")
-TRAIN_FILE = Path("data/filtered/train.jsonl")
-SUMMARIES_DIR = Path("results/summaries")
 VARIANT_ADAPTERS = {"base": [], "lora": [LORA_DIR], "ppo": [LORA_DIR, PPO_DIR]}
 
 

@@ -20,21 +20,25 @@ import yaml
 
 from detoxsum.config import load_params, load_stage_config
 from detoxsum.errors import DataError
-from detoxsum.modeling import FULL_MODEL, saved_kind
+from detoxsum.models.adapters import FULL_MODEL, saved_kind
+from detoxsum.models.summarizer import GenerationSettings, adapter_chain
 from detoxsum.outputs import read_jsonl, run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-from detoxsum.registry import PipelineRun, register_pipeline_run, tracking_uri
-from detoxsum.summarizer import GenerationSettings, adapter_chain
+from detoxsum.ship.registry import PipelineRun, register_pipeline_run, tracking_uri
+from detoxsum.stages.paths import (
+    LOCK_FILE,
+    LORA_DIR,
+    METRICS_DIR,
+    MODEL_DIR,
+    PLOTS_DIR,
+    PPO_DIR,
+    PREDICTIONS_FILE,
+    live_dir,
+    metrics_file,
+    timing_file,
+)
 
-MODEL_DIR = Path("artifacts/model")
-LORA_DIR = Path("artifacts/lora")
-PPO_DIR = Path("artifacts/ppo")
-METRICS_DIR = Path("metrics")
 METRICS_FILES = ("evaluate", "fetch", "filter", "train_lora", "train_ppo")
-PREDICTIONS_FILE = Path("results/predictions.jsonl")
-PLOT_PATHS = (Path("dvclive/train_lora/plots"), Path("dvclive/train_ppo/plots"), Path("plots"))
-DECISION_FILE = METRICS_DIR / "register.json"
-LOCK_FILE = Path("dvc.lock")
+PLOT_PATHS = (live_dir("train_lora") / "plots", live_dir("train_ppo") / "plots", PLOTS_DIR)
 
 
 def main() -> None:
@@ -60,7 +64,7 @@ def main() -> None:
     )
     root = Path(os.environ.get("DVC_ROOT", "."))
     decision = register_pipeline_run(run, cfg, tracking_uri(root), root)
-    write_json_atomic(DECISION_FILE, decision)
+    write_json_atomic(metrics_file("register"), decision)
     verdict = "promoted to champion" if decision["promoted"] else "not promoted"
     print(f"register: {cfg.model_name} v{decision['version']} {verdict}: {decision['reason']}")
 

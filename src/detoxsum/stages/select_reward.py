@@ -18,16 +18,13 @@ from detoxsum.checkpoints import folder_digest
 from detoxsum.config import RewardSpec, load_stage_config
 from detoxsum.errors import ModelLoadError
 from detoxsum.outputs import run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-
-REWARD_DIR = Path("artifacts/reward")
-SELECTION_FILE = Path("artifacts/ppo_reward.json")
+from detoxsum.stages.paths import PPO_REWARD_FILE, REWARD_DIR, timing_file
 
 
 def main() -> None:
     spec = load_stage_config("train_ppo").reward
     selection = reward_selection(spec, REWARD_DIR)
-    write_json_atomic(SELECTION_FILE, selection)
+    write_json_atomic(PPO_REWARD_FILE, selection)
     print(f"select_reward: {selection}")
 
 

@@ -6,20 +6,17 @@ Encoder-decoder: prompt -> input_ids, summary -> labels. Decoder-only: chat-form
 summary + end-of-turn, with the prompt masked out of the loss.
 """
 
-from pathlib import Path
 
+from datasets import DatasetDict
 from transformers import AutoConfig
 
 from detoxsum.config import load_stage_config
-from detoxsum.data import read_jsonl_split, tokenize_split
-from detoxsum.modeling import family_of, load_tokenizer
+from detoxsum.data.features import tokenize_split
+from detoxsum.data.sources import read_jsonl_split
+from detoxsum.models.family import family_of
+from detoxsum.models.loading import load_tokenizer
 from detoxsum.outputs import atomic_dir, run_stage
-from detoxsum.stages import timing_file
-from datasets import DatasetDict
-
-FILTERED_DIR = Path("data/filtered")
-MODEL_DIR = Path("artifacts/model")
-TOKENIZED_DIR = Path("data/tokenized")
+from detoxsum.stages.paths import FILTERED_DIR, MODEL_DIR, TOKENIZED_DIR, timing_file
 
 
 def main() -> None:

@@ -3,14 +3,13 @@
 Run: `python -m detoxsum.stages.train_lora`. Reads `base` and `train_lora` from params.yaml,
 `artifacts/model/` and `data/tokenized/`; writes to `artifacts/lora/` what the method trained (a
 LoRA adapter for lora and qlora, a soft prompt for prompt_tuning, the whole model and its tokenizer
-for full; see lora.py), final losses, the method, learning rate and trainable parameters to
+for full; see training/lora.py), final losses, the method, learning rate and trainable parameters to
 `metrics/train_lora.json`, and loss curves to `dvclive/train_lora/` (DVC plots). Checkpoints go to
 `checkpoints/train_lora/` every `train_lora.checkpoint_steps`; after a kill, `dvc repro` continues
 from the last one (see checkpoints.py), and they are removed once the adapter is written.
 """
 
 import contextlib
-from pathlib import Path
 
 from datasets import load_from_disk
 from transformers import set_seed
@@ -19,15 +18,18 @@ from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint
 from detoxsum.config import load_stage_config
 from detoxsum.distributed import is_main_process, relaunch_if_parallel
 from detoxsum.errors import DataError
-from detoxsum.lora import StepAlignedDVCLiveCallback, load_for_training, save_trained, train_lora
 from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-
-MODEL_DIR = Path("artifacts/model")
-TOKENIZED_DIR = Path("data/tokenized")
-ADAPTER_DIR = Path("artifacts/lora")
-METRICS_FILE = Path("metrics/train_lora.json")
-LIVE_DIR = Path("dvclive/train_lora")
+from detoxsum.stages.paths import (
+    CHECKPOINTS_DIR,
+    LORA_DIR,
+    MODEL_DIR,
+    TOKENIZED_DIR,
+    live_dir,
+    metrics_file,
+    timing_file,
+)
+from detoxsum.training.callbacks import StepAlignedDVCLiveCallback
+from detoxsum.training.lora import load_for_training, save_trained, train_lora
 
 
 def main() -> None:
@@ -43,10 +45,10 @@ def main() -> None:
     # Everything the trained adapter depends on: a checkpoint of another run is never resumed.
     run = fingerprint(cfg, base.seed, precision, base.num_processes, features["train"]._fingerprint,
                       features["validation"]._fingerprint, model.config.to_dict())
-    work_dir = checkpoint_dir("train_lora", run)
+    work_dir = checkpoint_dir("train_lora", run, CHECKPOINTS_DIR)
     # The tracked curves change only once the adapter is written (only process 0 writes any).
-    with atomic_dir(LIVE_DIR) if main_process else contextlib.nullcontext() as live_dir:
-        callbacks = [StepAlignedDVCLiveCallback(lambda: open_live(live_dir))] if main_process else []
+    with atomic_dir(live_dir("train_lora")) if main_process else contextlib.nullcontext() as curves_dir:
+        callbacks = [StepAlignedDVCLiveCallback(lambda: open_live(curves_dir))] if main_process else []
         trained, metrics = train_lora(
             model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
             work_dir, callbacks=callbacks, processes=base.num_processes,
@@ -54,9 +56,9 @@ def main() -> None:
         if not main_process:
             return
         metrics.update(precision=precision, num_processes=base.num_processes)
-        with atomic_dir(ADAPTER_DIR) as tmp:
+        with atomic_dir(LORA_DIR) as tmp:
             save_trained(trained, tokenizer, tmp)
-        write_json_atomic(METRICS_FILE, metrics)
+        write_json_atomic(metrics_file("train_lora"), metrics)
     discard(work_dir)
     print(f"train_lora: {metrics}")
 

@@ -16,32 +16,39 @@ the adapter goes on it. A soft prompt (`prompt_tuning`) is refused before anythi
 """
 
 import time
-from pathlib import Path
 
 from transformers import AutoConfig, set_seed
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint, folder_digest
 from detoxsum.config import RewardSpec, load_stage_config
-from detoxsum.data import read_jsonl_split
-from detoxsum.modeling import device
+from detoxsum.data.sources import read_jsonl_split
+from detoxsum.models.loading import device
 from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-from detoxsum.precision import resolve_for_model
 from detoxsum.ppo import (
-    DialogueReward, RewardFn, build_ppo_model, hardest_dialogues, render_prompts, save_ppo_model,
-    summarize_history, train_ppo,
+    DialogueReward,
+    RewardFn,
+    build_ppo_model,
+    hardest_dialogues,
+    render_prompts,
+    save_ppo_model,
+    summarize_history,
+    train_ppo,
 )
 from detoxsum.ppo.model import refuse_soft_prompt
-from detoxsum.reward import build_reward_model
-from detoxsum.reward_model import TrainedReward
-
-MODEL_DIR = Path("artifacts/model")
-LORA_DIR = Path("artifacts/lora")
-REWARD_DIR = Path("artifacts/reward")
-TRAIN_FILE = Path("data/filtered/train.jsonl")
-PPO_DIR = Path("artifacts/ppo")
-METRICS_FILE = Path("metrics/train_ppo.json")
-LIVE_DIR = Path("dvclive/train_ppo")
+from detoxsum.precision import resolve_for_model
+from detoxsum.scoring.reward import build_reward_model
+from detoxsum.scoring.reward_model import TrainedReward
+from detoxsum.stages.paths import (
+    CHECKPOINTS_DIR,
+    LORA_DIR,
+    MODEL_DIR,
+    PPO_DIR,
+    REWARD_DIR,
+    TRAIN_FILE,
+    live_dir,
+    metrics_file,
+    timing_file,
+)
 
 
 def main() -> None:
@@ -62,9 +69,9 @@ def main() -> None:
     # base weights of the same architecture come with another SFT adapter, so its bytes cover them.
     run = fingerprint(cfg, seed, precision, prompts, model_config.to_dict(), folder_digest(LORA_DIR),
                       *([folder_digest(REWARD_DIR)] if cfg.reward.kind == "trained" else []))
-    work_dir = checkpoint_dir("train_ppo", run)
-    with atomic_dir(LIVE_DIR) as live_dir:  # the tracked curves change only once the adapter is written
-        live = open_live(live_dir)
+    work_dir = checkpoint_dir("train_ppo", run, CHECKPOINTS_DIR)
+    with atomic_dir(live_dir("train_ppo")) as curves_dir:  # the tracked curves change only once the adapter is written
+        live = open_live(curves_dir)
 
         def log_step(stats: dict[str, float]) -> None:
             for name, value in stats.items():
@@ -77,7 +84,7 @@ def main() -> None:
         live.end()
         with atomic_dir(PPO_DIR) as tmp:
             save_ppo_model(ppo, tmp)
-        write_json_atomic(METRICS_FILE, summary)
+        write_json_atomic(metrics_file("train_ppo"), summary)
     discard(work_dir)
     print(f"train_ppo: {summary}")
 

@@ -15,20 +15,15 @@ the summary in one pass.
 
 import sys
 import time
-from pathlib import Path
 
 from transformers import set_seed
 
 from detoxsum.config import load_stage_config
+from detoxsum.data.preferences import load_preference_pairs, split_by_dialogue
 from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
-from detoxsum.stages import timing_file
-from detoxsum.preferences import load_preference_pairs, split_by_dialogue
-from detoxsum.reward_model import load_encoder, save_reward_model
-from detoxsum.reward_training import LiveCallback, evaluate_pairs, train_reward_model
-
-REWARD_DIR = Path("artifacts/reward")
-METRICS_FILE = Path("metrics/train_reward.json")
-LIVE_DIR = Path("dvclive/train_reward")
+from detoxsum.scoring.reward_model import load_encoder, save_reward_model
+from detoxsum.stages.paths import REWARD_DIR, live_dir, metrics_file, timing_file
+from detoxsum.training.reward_training import LiveCallback, evaluate_pairs, train_reward_model
 
 
 def main() -> None:
@@ -43,8 +38,8 @@ def main() -> None:
     model, tokenizer = load_encoder(cfg.model)
     started = time.perf_counter()
     before = evaluate_pairs(model, tokenizer, eval_pairs, cfg.max_length)
-    with atomic_dir(LIVE_DIR) as live_dir:  # the tracked curves change only once the model is written
-        live = open_live(live_dir)
+    with atomic_dir(live_dir("train_reward")) as curves_dir:  # the tracked curves change only once the model is written
+        live = open_live(curves_dir)
         train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, base.seed, callbacks=[LiveCallback(live)])
         live.end()
         after = evaluate_pairs(model, tokenizer, eval_pairs, cfg.max_length)
@@ -53,7 +48,7 @@ def main() -> None:
                    "train_seconds": round(time.perf_counter() - started, 1)}
         with atomic_dir(REWARD_DIR) as tmp:
             save_reward_model(model, tokenizer, cfg.max_length, tmp)
-        write_json_atomic(METRICS_FILE, summary)
+        write_json_atomic(metrics_file("train_reward"), summary)
     print(f"train_reward: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
           f"(shorter-wins rule {after['shorter_wins']:.3f}), "
           f"margin {before['margin']:.3f} -> {after['margin']:.3f} ({len(eval_pairs)} pairs)")

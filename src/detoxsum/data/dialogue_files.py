@@ -16,7 +16,9 @@ import io
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from detoxsum.errors import DataError
 
@@ -73,15 +75,22 @@ def parse_text(text: str, name: str, column: str) -> list[dict]:
     return [{column: block} for block in blocks if block]
 
 
+def decoded_json_lines(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(number from 1, decoded value, None) for each non-blank line of JSON-lines `text`, or
+    (number, None, why) for a line that is not JSON."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield number, None, exc.msg
+
+
 def parse_jsonl(text: str, name: str, column: str) -> list[dict]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
+    for number, row, problem in decoded_json_lines(text):
+        if problem is not None:
+            raise DataError(f"{name} line {number}: not valid JSON ({problem})")
         if not isinstance(row, dict) or not isinstance(row.get(column), str):
             found = ", ".join(row) if isinstance(row, dict) else type(row).__name__
             raise DataError(f"{name} line {number}: missing text field '{column}' (set --column); found: {found}")

@@ -4,6 +4,6 @@ Importing it has one effect, `mlflow.models.set_model`; only `log_model` and MLf
 
 import mlflow
 
-from detoxsum.serving import DialogueSummarizer
+from detoxsum.ship.serving import DialogueSummarizer
 
 mlflow.models.set_model(DialogueSummarizer())

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from detoxsum.config import TrainRewardConfig, looks_local
-from detoxsum.data import DATA_SUFFIXES, extracted_zip, read_table
+from detoxsum.data.sources import DATA_SUFFIXES, extracted_zip, read_table
 from detoxsum.errors import DataError, first_line
 
 FEEDBACK_COLUMNS = ("info", "summaries", "choice")

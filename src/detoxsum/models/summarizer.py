@@ -13,18 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from detoxsum.config import BaseConfig, EvaluateConfig
-from detoxsum.modeling import (
-    apply_adapters,
-    device,
-    family_of,
-    fit_dialogue,
-    fit_examples,
-    generate_summaries,
-    greedy_and_sampled_summaries,
-    load_source_model,
-    model_chain,
-    sample_summaries,
-)
+from detoxsum.models.adapters import apply_adapters, model_chain
+from detoxsum.models.family import family_of
+from detoxsum.models.generation import generate_summaries, greedy_and_sampled_summaries, sample_summaries
+from detoxsum.models.loading import device, load_source_model
+from detoxsum.models.prompts import fit_dialogue, fit_examples
 from detoxsum.precision import resolve_for_model
 
 
@@ -76,7 +69,7 @@ class Summarizer:
 
     def few_shot_prompts(self, dialogues: list[str], examples: list[tuple[str, str]]) -> tuple[list[str], list[int]]:
         """Each dialogue's prompt led by as many of the solved (dialogue, summary) `examples` as fit
-        `max_source_tokens`, and how many did (see `modeling.fit_examples`)."""
+        `max_source_tokens`, and how many did (see `prompts.fit_examples`)."""
         settings = self.settings
         fitted = [fit_examples(self.tokenizer, self.family, settings.prompt, dialogue, examples,
                                settings.max_source_tokens) for dialogue in dialogues]
@@ -89,7 +82,7 @@ class Summarizer:
     def complete(self, prompts: list[str], show_progress: bool = False, desc: str = "summarize",
                  share_prefix: bool = False) -> list[str]:
         """One summary per rendered prompt (`prompts`, `few_shot_prompts`), greedy or beam search;
-        `share_prefix` for prompts that begin alike (see `modeling.generate_summaries`)."""
+        `share_prefix` for prompts that begin alike (see `generation.generate_summaries`)."""
         settings = self.settings
         return generate_summaries(self.model, self.tokenizer, self.family, prompts, settings.batch_size,
                                   settings.max_new_tokens, settings.num_beams, precision=self.precision,
@@ -98,7 +91,7 @@ class Summarizer:
     def summarize_and_sample(self, dialogues: list[str], samples: int, top_p: float, show_progress: bool = False,
                              desc: str = "summarize") -> tuple[list[str], list[list[str]]]:
         """`summarize`'s greedy summaries and `sample`'s sampled ones, from one pass over each prompt
-        (see `modeling.greedy_and_sampled_summaries`; seed torch first to reproduce the samples)."""
+        (see `generation.greedy_and_sampled_summaries`; seed torch first to reproduce the samples)."""
         settings = self.settings
         if settings.num_beams > 1:  # beam search keeps its own cache of every beam: two runs
             return (self.summarize(dialogues, show_progress, f"{desc} greedy"),
@@ -120,7 +113,7 @@ def load_summarizer(base_model: str | Path, adapters: list[str | Path], settings
                     revision: str | None = None) -> Summarizer:
     """Load the base model from a `fetch.model` reference or folder (a Hub id at `revision`) and
     apply `adapters` in order. A fully fine-tuned first folder (train_lora.method full) is loaded in
-    place of the base, which is then not read (`modeling.model_chain`)."""
+    place of the base, which is then not read (`models.adapters.model_chain`)."""
     source, adapters = model_chain(base_model, adapters)
     if source != base_model:
         revision = None  # the revision pins the Hub base, not the fine-tuned folder

@@ -1,39 +1,35 @@
-"""Load, filter and tokenize dialogue/summary data: pure functions over `datasets` objects.
-
-Every split is normalised to the columns `id`, `dialogue`, `summary` (strings, `\\n` line breaks),
-whatever the source called them, so later stages never see source-specific names; plus a boolean
-`heated` when `fetch.heated_column` names one.
-"""
+"""Reading data: the sources `fetch` names (local csv / json / jsonl / parquet files, folders of
+split files, zips, Hub datasets; columns normalised to id / dialogue / summary) and the split files
+the stages write."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
-from detoxsum.config import FetchConfig, FilterConfig, looks_local
+from detoxsum.config import FetchConfig, looks_local
+from detoxsum.data.dialogue_files import decoded_json_lines
+from detoxsum.data.splits import COLUMNS, FALSE_WORDS, SPLITS, TRUE_WORDS, cap_rows, complete_splits
 from detoxsum.errors import DataError, first_line, yaml_kind
 
-SPLITS = ("train", "validation", "test")
-COLUMNS = ("id", "dialogue", "summary")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
 # Words that name each split anywhere in a file name (`dialogsum_train.csv`, `samsum-val.json`,
 # `train-00000-of-00001.parquet`), as whole words: `contest.csv` and `trainer.csv` name no split.
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
+
+
 # Hugging Face's shard names: `train-00000-of-00002.parquet`.
 SHARD = re.compile(r"[-_.](\d+)-of-(\d+)$")
-
-
-# --- fetch ---------------------------------------------------------------------------------------
 
 
 def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
@@ -53,7 +49,7 @@ def load_raw_splits(cfg: FetchConfig, seed: int) -> DatasetDict:
             raise DataError(f"{origin}: no rows to train on (a header and nothing else?)")
     splits = complete_splits(splits, cfg, seed)
     caps = {"train": cfg.max_train_rows, "validation": cfg.max_validation_rows, "test": cfg.max_test_rows}
-    return DatasetDict({name: _cap_rows(splits[name], caps[name], seed) for name in SPLITS})
+    return DatasetDict({name: cap_rows(splits[name], caps[name], seed) for name in SPLITS})
 
 
 @contextlib.contextmanager
@@ -176,17 +172,11 @@ def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
 
 
 def first_bad_json_line(text: str) -> tuple[int, str] | None:
-    """The number (from 1) of the first non-blank line of JSON-lines `text` that is not a JSON
-    object, and why; None when every line is one (pandas' own message then says what is wrong)."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            return number, exc.msg
-        if not isinstance(value, dict):
-            return number, f"found a {yaml_kind(value)}"
+    """The number of the first line of JSON-lines `text` that is not a JSON object, and why; None
+    when every line is one (pandas' own message then says what is wrong)."""
+    for number, value, problem in decoded_json_lines(text):
+        if problem is not None or not isinstance(value, dict):
+            return number, problem or f"found a {yaml_kind(value)}"
     return None
 
 
@@ -260,9 +250,6 @@ def normalise_columns(frame: pd.DataFrame, cfg: FetchConfig, origin: str) -> Dat
     return Dataset.from_pandas(out[columns], preserve_index=False)
 
 
-TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes"}, {"false", "0", "no", ""}
-
-
 def heated_flags(frame: pd.DataFrame, column: str, origin: str) -> list[bool]:
     """The `fetch.heated_column` column as booleans (true/false, 1/0, yes/no, any case)."""
     if column not in frame.columns:
@@ -275,168 +262,6 @@ def heated_flags(frame: pd.DataFrame, column: str, origin: str) -> list[bool]:
             raise DataError(f"{origin}: column {column!r}, row {row}: {value!r} is not true/false")
         flags.append(word in TRUE_WORDS)
     return flags
-
-
-def heated_of(split: Dataset) -> list[bool] | None:
-    """The split's `heated` flags (stored as text once read back from jsonl), or None without them."""
-    if "heated" not in split.column_names:
-        return None
-    return [str(value).strip().lower() in TRUE_WORDS for value in split["heated"]]
-
-
-def complete_splits(splits: dict[str, Dataset], cfg: FetchConfig, seed: int) -> dict[str, Dataset]:
-    """Carve missing validation/test splits out of train (or out of a single unsplit file).
-
-    Exact duplicate (dialogue, summary) rows go first, and rows that share a dialogue (one dialogue
-    with several references) are carved together, so no carved test dialogue is also in train.
-    """
-    pool = drop_duplicate_pairs(splits.pop("all") if "all" in splits else splits.pop("train"))
-    total = len(pool)
-    for name, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
-        if name not in splits:
-            if len(pool) < 3:
-                raise DataError(f"fetch.dataset: too few rows ({len(pool)}) to carve out a {name} split")
-            size = max(1, round(total * fraction))  # a fraction of all rows, not of what is left
-            pool, splits[name] = carve_by_dialogue(pool, size, seed)
-    splits["train"] = pool
-    return splits
-
-
-def normalised(text: str) -> str:
-    """Text compared up to whitespace (line breaks, doubled spaces)."""
-    return " ".join(text.split())
-
-
-def pair_key(dialogue: str, summary: str) -> tuple[str, str]:
-    """What makes two rows duplicates: the same dialogue and summary up to whitespace."""
-    return normalised(dialogue), normalised(summary)
-
-
-def drop_duplicate_pairs(split: Dataset) -> Dataset:
-    """The first row of each (dialogue, summary) pair, compared up to whitespace."""
-    seen: set[tuple[str, str]] = set()
-    keep = []
-    for index, (dialogue, summary) in enumerate(zip(split["dialogue"], split["summary"])):
-        key = pair_key(dialogue, summary)
-        if key not in seen:
-            seen.add(key)
-            keep.append(index)
-    return split if len(keep) == len(split) else split.select(keep)
-
-
-def carve_by_dialogue(pool: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]:
-    """(rest, carved): whole dialogues, drawn at random with `seed`, until `size` rows are carved."""
-    rows_of: dict[str, list[int]] = {}
-    for index, dialogue in enumerate(pool["dialogue"]):
-        rows_of.setdefault(normalised(dialogue), []).append(index)
-    groups = list(rows_of.values())
-    order = np.random.default_rng(seed).permutation(len(groups))
-    carved: list[int] = []
-    for group in order:
-        if len(carved) >= size or len(carved) + len(groups[group]) >= len(pool):
-            break
-        carved += groups[group]
-    if not carved:
-        raise DataError(f"fetch.dataset: every row shares one dialogue; cannot carve out a split of {size} rows")
-    chosen = set(carved)
-    return pool.select([i for i in range(len(pool)) if i not in chosen]), pool.select(sorted(carved))
-
-
-def drop_test_dialogues(kept: dict[str, Dataset]) -> dict[str, dict[str, int]]:
-    """Remove from validation the dialogues that are in test, and from train those in test or
-    validation (in place in `kept`), so the test split stays as published and nothing evaluated was
-    trained on. Returns the rows dropped per split and reason (SAMSum as distributed has 41 test
-    dialogues that are also in train)."""
-    counts: dict[str, dict[str, int]] = {}
-    held_out = {"test": {normalised(d) for d in kept["test"]["dialogue"]}}
-    for name in ("validation", "train"):
-        dialogues = [normalised(d) for d in kept[name]["dialogue"]]
-        remaining = list(range(len(dialogues)))
-        counts[name] = {}
-        for other, held in held_out.items():
-            counts[name][f"dropped_in_{other}"] = sum(dialogues[i] in held for i in remaining)
-            remaining = [i for i in remaining if dialogues[i] not in held]
-        kept[name] = kept[name].select(remaining)
-        held_out[name] = {dialogues[i] for i in remaining}
-    return counts
-
-
-def _cap_rows(split: Dataset, cap: int | None, seed: int) -> Dataset:
-    if cap is None or len(split) <= cap:
-        return split
-    return split.shuffle(seed=seed).select(range(cap))
-
-
-# --- filter --------------------------------------------------------------------------------------
-
-
-def filter_split(
-    split: Dataset, cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None
-) -> tuple[Dataset, dict[str, int]]:
-    """Drop empty, duplicate and out-of-range rows; return the kept rows and counts per reason.
-
-    A duplicate is the same (dialogue, summary) pair up to whitespace: DialogSum's test split repeats
-    a dialogue once per reference summary, and those rows must stay.
-    """
-    counts = {"rows_in": len(split), "dropped_empty": 0, "dropped_duplicate": 0,
-              "dropped_too_short": 0, "dropped_too_long": 0}
-    seen: set[tuple[str, str]] = set()
-    keep: list[int] = []
-    for index, row in enumerate(split):
-        reason = _drop_reason(row["dialogue"], row["summary"], cfg, count_tokens, seen)
-        if reason:
-            counts[f"dropped_{reason}"] += 1
-        else:
-            keep.append(index)
-    counts["kept"] = len(keep)
-    return split.select(keep), counts
-
-
-def _drop_reason(dialogue, summary, cfg, count_tokens, seen) -> str | None:
-    if not dialogue.strip() or not summary.strip():
-        return "empty"
-    key = pair_key(dialogue, summary)
-    if key in seen:
-        return "duplicate"
-    seen.add(key)
-    chars = len(dialogue.strip())
-    if chars < cfg.min_chars:
-        return "too_short"
-    if chars > cfg.max_chars:
-        return "too_long"
-    if count_tokens is not None and (cfg.min_tokens is not None or cfg.max_tokens is not None):
-        tokens = count_tokens(dialogue)
-        if cfg.min_tokens is not None and tokens < cfg.min_tokens:
-            return "too_short"
-        if cfg.max_tokens is not None and tokens > cfg.max_tokens:
-            return "too_long"
-    return None
-
-
-# --- tokenize ------------------------------------------------------------------------------------
-
-
-def tokenize_split(split: Dataset, tokenizer, family, template: str, max_source_tokens: int,
-                   max_target_tokens: int) -> Dataset:
-    """Prompt + target features for training (labels are -100 wherever the loss must not look)."""
-    from detoxsum.modeling import fit_dialogue
-
-    def encode(row):
-        prompt = fit_dialogue(tokenizer, family, template, row["dialogue"], max_source_tokens)
-        return family.training_features(tokenizer, prompt, row["summary"], max_target_tokens)
-
-    return split.map(encode, remove_columns=split.column_names, desc="tokenize")
-
-
-def group_references(split: Dataset) -> tuple[list[str], list[list[str]], list[str]]:
-    """Unique dialogues in first-seen order, each with all its reference summaries, and its id."""
-    references: dict[str, list[str]] = {}
-    ids: dict[str, str] = {}
-    for row in split:
-        references.setdefault(row["dialogue"], []).append(row["summary"])
-        ids.setdefault(row["dialogue"], row["id"])
-    dialogues = list(references)
-    return dialogues, [references[d] for d in dialogues], [ids[d] for d in dialogues]
 
 
 def read_jsonl_split(path: Path) -> Dataset:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from detoxsum.config import RegisterConfig
 from detoxsum.errors import DataError, ParamsError
-from detoxsum.metrics import bootstrap_indices, change_interval, rouge_per_dialogue
+from detoxsum.scoring.metrics import bootstrap_indices, change_interval, rouge_per_dialogue
 
 BOOTSTRAP_RESAMPLES = 1000
 

@@ -1,46 +1,30 @@
-"""Supervised fine-tuning with peft and transformers' Trainer, by one of four methods (`train_lora.method`).
-
-    lora           low-rank adapters on the attention projections; the base stays frozen, so a CPU
-                   tunes a 135M model in minutes and the saved adapter is a few MB (the default)
-    qlora          the same adapters trained on the base quantized to 4-bit NF4 with double
-                   quantization (bitsandbytes, Dettmers et al. 2023); the adapter is then applied to
-                   the full-precision base, as QLoRA adapters are served
-    prompt_tuning  `num_virtual_tokens` trained input embeddings (a soft prompt, Lester et al. 2021)
-                   put before every prompt; nothing of the model changes
-    full           every weight trains; what is saved is the whole model, not an adapter
-
-`load_for_training` loads the base as the method needs it, `prepare_for_method` makes the weights
-that train trainable, `train_lora` runs Trainer on it and `save_trained` writes what loading needs
-(`modeling.saved_kind` tells the kinds apart afterwards). Loss curves go to DVCLive for `dvc plots show`.
-"""
+"""train_lora's methods (LoRA, QLoRA, prompt tuning, full fine-tuning) set up on a model and
+trained with transformers' Trainer."""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from dvclive import Live
 from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import (
     AutoConfig,
-    BitsAndBytesConfig,
     DataCollatorForSeq2Seq,
     PreTrainedModel,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
 )
-from transformers.integrations import DVCLiveCallback
 
 from detoxsum.checkpoints import last_trainer_checkpoint
 from detoxsum.config import TrainLoraConfig
-from detoxsum.errors import ModelLoadError, ParamsError, TrainingDiverged, first_line
-from detoxsum.modeling import IGNORE_INDEX, Family, device, load_model, save_model
-from detoxsum.precision import DTYPES, resolve_for_model
+from detoxsum.errors import ModelLoadError, ParamsError, first_line
+from detoxsum.models.family import IGNORE_INDEX, Family
+from detoxsum.models.loading import device, load_model, save_model
+from detoxsum.precision import resolve_for_model
+from detoxsum.training.callbacks import DivergenceCallback, last_eval_loss, whole_run_loss
+from detoxsum.training.qlora import keep_4bit_weights_unpacked, nf4_config, require_4bit_kernels
 
 # Attention query/value projections per architecture (the LoRA paper's default placement,
 # Hu et al. 2021, section 7.1).
@@ -55,97 +39,6 @@ DEFAULT_TARGETS = {
 }
 
 
-class StepAlignedDVCLiveCallback(DVCLiveCallback):
-    """DVCLive logging whose x axis is the trainer's global step, opened only when training begins.
-
-    The stock callback advances DVCLive's step once per log call, so train and eval points logged
-    at the same optimizer step land on different x values; pinning the step keeps curves aligned.
-    `open_live` opens it when training begins (the stage gives it a temporary folder that replaces
-    the tracked curves only once the adapter is written, `outputs.open_live`). A resumed run opens
-    a fresh `Live` and replays the checkpoint's log history into it.
-    """
-
-    def __init__(self, open_live: Callable[[], Live]):
-        super().__init__()
-        self.open_live = open_live
-
-    def setup(self, args, state, model):
-        opening = state.is_world_process_zero and self.live is None
-        if opening:
-            self.live = self.open_live()
-        super().setup(args, state, model)
-        if opening:
-            self.replay(args, state, state.log_history)
-
-    def replay(self, args, state, log_history):
-        """Log again what a resumed run's checkpoint remembers (its `log_history`), so the curves
-        are those of an uninterrupted run, without the steps the killed run logged after it."""
-        for entry in log_history:
-            logs = {key: value for key, value in entry.items() if key != "step"}
-            self.live.step = entry["step"]
-            super().on_log(args, state, None, logs=logs)
-
-    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-        if self.live is not None:
-            self.live.step = state.global_step
-        if logs and "train_loss" in logs:  # Trainer's covers only the steps since a resume
-            logs = {**logs, "train_loss": whole_run_loss(state.log_history)}
-        super().on_log(args, state, control, model=model, logs=logs, **kwargs)
-
-
-def last_eval_loss(log_history: list[dict], step: int) -> float | None:
-    """The validation loss Trainer logged at `step`, if it evaluated there: evaluating the same
-    weights again after training would only repeat it (a pass over the validation split)."""
-    for entry in reversed(log_history):
-        if "eval_loss" in entry and entry.get("step") == step:
-            return entry["eval_loss"]
-    return None
-
-
-def whole_run_loss(log_history: list[dict]) -> float:
-    """The mean training loss over every step of the run, from the logged window means.
-
-    Trainer's own `training_loss` averages only the steps of the current `train()` call, so after a
-    resume it would leave out the steps before the checkpoint.
-    """
-    total, last_step = 0.0, 0
-    for entry in log_history:
-        if "loss" in entry:
-            total += entry["loss"] * (entry["step"] - last_step)
-            last_step = entry["step"]
-    return total / last_step if last_step else float("nan")
-
-
-class DivergenceCallback(TrainerCallback):
-    """Stops training with `TrainingDiverged` when a logged loss or gradient norm is NaN/inf, or the
-    training loss runs far above the first one logged: more than 3x it and at least 2 nats above
-    (a loss of ln(vocabulary) means the model predicts uniformly). Nothing is saved after that, so
-    no adapter of a diverged run reaches `artifacts/`."""
-
-    RATIO, MARGIN = 3.0, 2.0
-
-    def __init__(self, lr: float):
-        self.lr, self.first_loss = lr, None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        for key in ("loss", "grad_norm", "eval_loss"):
-            value = logs.get(key)
-            if value is not None and not math.isfinite(value):
-                self.fail(state.global_step, f"{key} is {value}")
-        loss = logs.get("loss")
-        if loss is None:
-            return
-        if self.first_loss is None:  # from the history, so a resumed run compares with the real start
-            self.first_loss = next(entry["loss"] for entry in state.log_history if "loss" in entry)
-        if loss > max(self.RATIO * self.first_loss, self.first_loss + self.MARGIN):
-            self.fail(state.global_step, f"loss {loss:.4g}, up from {self.first_loss:.4g} at the start")
-
-    def fail(self, step: int, what: str) -> None:
-        raise TrainingDiverged(f"train_lora diverged at step {step}: {what}; lower train_lora.lr "
-                               f"(now {self.lr:g}); no adapter was written")
-
-
 def lora_targets(model, configured: list[str] | None) -> list[str]:
     """The configured target modules, checked against the model, or the architecture default."""
     targets = configured or DEFAULT_TARGETS.get(model.config.model_type)
@@ -158,38 +51,6 @@ def lora_targets(model, configured: list[str] | None) -> list[str]:
     if missing:
         raise ParamsError(f"train_lora.target_modules: {missing} not found in {model.config.model_type} model")
     return list(targets)
-
-
-# The index of a decoder layer in a module name: `model.layers.7.` (Llama, Qwen2), `decoder.block.7.`
-# (T5), `decoder.layers.7.` (BART), `h.7.` (GPT-2).
-LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|block|h)\.(\d+)\.")
-
-
-def layer_index(module_name: str) -> int | None:
-    """The decoder-layer index in a full module name (see LAYER_INDEX), or None outside numbered layers."""
-    match = LAYER_INDEX.search(module_name)
-    return int(match.group(1)) if match else None
-
-
-def top_layer_targets(model, targets: list[str], layers: int) -> list[str]:
-    """Full names of the `targets` modules in the last `layers` decoder layers (encoder-decoder
-    models: of the decoder only), for a LoRA adapter on the top of the network alone."""
-    decoder_only = not getattr(model.config, "is_encoder_decoder", False)
-    indexed = []
-    for name, _module in model.named_modules():
-        index = layer_index(name)
-        if index is not None and name.rsplit(".", 1)[-1] in targets and (decoder_only or "decoder." in name):
-            indexed.append((index, name))
-    if not indexed:
-        raise ParamsError(f"train_ppo.top_layers: no numbered decoder layers hold {targets} in this "
-                          f"{model.config.model_type} model")
-    lowest = max(index for index, _name in indexed) + 1 - layers
-    return [name for index, name in indexed if index >= lowest]
-
-
-def lowest_layer(module_names: list[str]) -> int:
-    """The smallest decoder-layer index among full module names such as `top_layer_targets` returns."""
-    return min(layer_index(name) for name in module_names)
 
 
 def attach_lora(model, family: Family, r: int, alpha: int, dropout: float, targets: list[str]) -> PeftModel:
@@ -303,53 +164,6 @@ def save_trained(model, tokenizer, out_dir: str | Path) -> None:
         model.save_pretrained(str(out_dir))
     else:
         save_model(model, tokenizer, out_dir)
-
-
-# --- QLoRA: the 4-bit base ----------------------------------------------------------------------
-
-
-def four_bit_kernel_problem(device_: torch.device) -> str | None:
-    """Why bitsandbytes cannot quantize to 4-bit NF4 on `device_`, or None when it can: it is tried
-    on a small matrix, since which devices a build supports varies by version (0.50 has CPU
-    kernels; builds before the multi-backend releases have CUDA only)."""
-    try:
-        import bitsandbytes
-        import bitsandbytes.functional as bnb_functional
-    except ImportError as exc:
-        return f"bitsandbytes is not installed ({first_line(exc)}; pip install bitsandbytes==0.50.2)"
-    try:
-        weight = torch.randn(64, 64, device=device_, dtype=torch.bfloat16)
-        packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
-        bnb_functional.dequantize_4bit(packed, state)
-    except Exception as exc:  # a native library: whatever fails here means no usable kernel
-        return f"bitsandbytes {bitsandbytes.__version__} has no 4-bit kernels for {device_.type} ({first_line(exc)})"
-    return None
-
-
-def require_4bit_kernels(device_: torch.device) -> None:
-    problem = four_bit_kernel_problem(device_)
-    if problem is not None:
-        raise ParamsError(f"params key 'train_lora.method' is 'qlora', which needs 4-bit NF4 kernels on this "
-                          f"{device_.type}: {problem}; use method 'lora' (the same adapter on the full-precision base)")
-
-
-def nf4_config(precision: str) -> BitsAndBytesConfig:
-    """QLoRA's quantization (Dettmers et al. 2023): 4-bit NormalFloat weights, their scales quantized
-    again (double quantization), matmuls computed in the run's precision (bf16 where it is native)."""
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=DTYPES[precision])
-
-
-def keep_4bit_weights_unpacked(model) -> None:
-    """Turn off bitsandbytes' repacking of 4-bit weights for its AVX512-BF16 CPU kernel. bitsandbytes
-    0.50.2 repacks on the first forward without gradients (Trainer's evaluation) and fails there for
-    a layer whose input width is not a multiple of its 64-value block (`shape '[96, 1]' is invalid`);
-    the unpacked path computes the same product for every width."""
-    import bitsandbytes
-
-    for module in model.modules():
-        if isinstance(module, bitsandbytes.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
 
 
 def load_for_training(model_dir: str | Path, method: str, requested_precision: str):

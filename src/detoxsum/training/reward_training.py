@@ -14,8 +14,8 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from detoxsum.config import TrainRewardConfig
-from detoxsum.preferences import PreferencePair
-from detoxsum.reward_model import encode_pair, pairwise_metrics, score_pairs
+from detoxsum.data.preferences import PreferencePair
+from detoxsum.scoring.reward_model import encode_pair, pairwise_metrics, score_pairs
 
 
 def tokenized_pairs(pairs: list[PreferencePair], tokenizer, max_length: int) -> Dataset:

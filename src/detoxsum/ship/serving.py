@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from detoxsum.summarizer import GenerationSettings, load_summarizer
+from detoxsum.models.summarizer import GenerationSettings, load_summarizer
 
 INPUT_COLUMN = "dialogue"
 OUTPUT_COLUMN = "summary"

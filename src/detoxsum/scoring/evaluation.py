@@ -28,21 +28,16 @@ import torch
 from datasets import Dataset
 
 from detoxsum.config import BaseConfig, EvaluateConfig
-from detoxsum.data import group_references, heated_of
+from detoxsum.data.splits import group_references, heated_of
 from detoxsum.distributed import shard
 from detoxsum.errors import DataError
-from detoxsum.metrics import (
-    any_toxic,
-    bootstrap_indices,
-    change_interval,
-    expected_max_toxicity,
-    mean_interval,
-    rouge,
-    rouge_per_dialogue,
+from detoxsum.scoring.metrics import (
+    any_toxic, bootstrap_indices, change_interval, expected_max_toxicity, mean_interval, rouge, rouge_per_dialogue,
 )
-from detoxsum.modeling import device, load_with_adapters
-from detoxsum.reward import ToxicityScorer
-from detoxsum.summarizer import GenerationSettings, Summarizer
+from detoxsum.models.adapters import load_with_adapters
+from detoxsum.models.loading import device
+from detoxsum.scoring.reward import ToxicityScorer
+from detoxsum.models.summarizer import GenerationSettings, Summarizer
 
 # The toxicity figures per classifier: greedy mean, expected max over samples, toxicity probability.
 TOXICITY_FIGURES = ("mean", "expected_max", "probability")

@@ -1,0 +1,1 @@
+"""Models: the family seam, prompts, loading, adapter chains, generation and the summarizer."""

@@ -1,0 +1,1 @@
+"""Shipping: the MLflow registry and its promotion gate, serving the registered summarizer."""

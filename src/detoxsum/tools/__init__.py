@@ -1,0 +1,1 @@
+"""Tools run by hand or in CI: PR reports, the seed study, plots, recipes."""
