@@ -5,6 +5,7 @@ the stages write."""
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import tempfile
 import zipfile
@@ -154,7 +155,10 @@ def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        text = path.read_text(encoding="utf-8-sig")
+        # Read once, parsed from memory. utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part
+        # of the first column's name; newline="": line ends inside quoted csv fields stay as written.
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            text = handle.read()
     except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
         raise DataError(f"{name}: cannot read as {kind} ({exc})") from exc
     if not text.strip():
@@ -162,9 +166,8 @@ def read_table(path: Path, label: str | None = None) -> pd.DataFrame:
     lines = path.suffix == ".jsonl" or (path.suffix == ".json" and not text.lstrip().startswith("["))
     try:
         if path.suffix == ".csv":
-            # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-        return pd.read_json(path, lines=lines, dtype=False)
+            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        return pd.read_json(io.StringIO(text), lines=lines, dtype=False)
     except (ValueError, TypeError) as exc:  # TypeError: a line that is a JSON list
         bad_line = first_bad_json_line(text) if lines else None
         detail = f"line {bad_line[0]} is not a JSON object ({bad_line[1]})" if bad_line else f"cannot read as {kind} ({exc})"
