@@ -72,3 +72,15 @@ def shrunk_params(model_dir: Path, reward_dir: Path | None = None) -> dict:
 
 def run_stage_module(stage: str, cwd: Path) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", f"detoxsum.stages.{stage}"], cwd, check=False)
+
+
+def git_tracked_outputs(project: Path) -> list[tuple[str, str, dict]]:
+    """(stage, path, properties) of every git-tracked (`cache: false`) output in `project`'s dvc.yaml."""
+    found = []
+    for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            if isinstance(entry, dict):
+                (path, props), = entry.items()
+                if props.get("cache") is False:
+                    found.append((name, path, props))
+    return found

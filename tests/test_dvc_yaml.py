@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 from conftest import fixture_rows
-from pipeline import copy_project, init_repo, run, update_params
+from pipeline import copy_project, git_tracked_outputs, init_repo, run, update_params
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "detoxsum"
@@ -68,13 +68,10 @@ def test_metrics_and_plots_are_small_git_tracked_files():
 def test_every_git_tracked_output_persists():
     """DVC deletes a stage's outputs before it runs unless they persist, and a git-tracked output
     (`cache: false`) cannot come back by `dvc checkout`: a failed or killed run would lose it."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
-            if isinstance(entry, dict):
-                (path, props), = entry.items()
-                if props.get("cache") is False:
-                    assert props.get("persist") is True, f"stage {name}: {path} should have persist: true"
+    tracked = git_tracked_outputs(REPO)
+    assert tracked  # metrics, curves, summaries, predictions
+    for name, path, props in tracked:
+        assert props.get("persist") is True, f"stage {name}: {path} should have persist: true"
 
 
 def test_fetch_depends_on_the_dataset_the_params_name():

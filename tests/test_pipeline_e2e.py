@@ -12,9 +12,18 @@ import subprocess
 import time
 
 import pytest
-import yaml
 from mlflow import MlflowClient
-from pipeline import REPO, copy_project, init_repo, run, run_stage_module, shrunk_params, tool_env, update_params
+from pipeline import (
+    REPO,
+    copy_project,
+    git_tracked_outputs,
+    init_repo,
+    run,
+    run_stage_module,
+    shrunk_params,
+    tool_env,
+    update_params,
+)
 
 from detoxsum.distributed import available_devices
 from detoxsum.precision import Machine, resolve_precision
@@ -131,13 +140,11 @@ def check_an_unused_reward_model_does_not_rerun_ppo(project):
 def tracked_outputs(project) -> dict:
     """The bytes of every file of the stages' git-tracked (`cache: false`) outputs."""
     files = {}
-    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
-        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
-            if isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False:
-                path = project / next(iter(entry))
-                for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-                    if file.is_file():
-                        files[file.relative_to(project)] = file.read_bytes()
+    for _, name, _ in git_tracked_outputs(project):
+        path = project / name
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                files[file.relative_to(project)] = file.read_bytes()
     return files
 
 
