@@ -47,9 +47,10 @@ from precision import random_batch, synchronize, time_steps, timed  # noqa: E402
 
 from detoxsum.config import TrainLoraConfig, TrainPPOConfig, build_config, load_params  # noqa: E402
 from detoxsum.training.lora import attach_lora, lora_targets
+from detoxsum.models.decoding import decodes_plainly
 from detoxsum.models.family import family_of
 from detoxsum.models.generation import (
-    generate_summaries, greedy_and_sampled_summaries, sample_summaries, shares_prompt_pass,
+    generate_summaries, greedy_and_sampled_summaries, sample_summaries,
 )
 from detoxsum.models.loading import save_model
 from detoxsum.ppo import build_ppo_model, train_ppo  # noqa: E402
@@ -137,7 +138,7 @@ def time_generation(model, tokenizer, sizes: tuple, batch: int, precision: str, 
 
     tokens = len(prompts) * (1 + SAMPLES) * new_tokens
     result = {"prompts": len(prompts), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-              "shares_prompt_pass": shares_prompt_pass(model)}
+              "decodes_plainly": decodes_plainly(model)}
     for side, run in (("anchor", anchor), ("ours", ours)):
         run(prompts[:batch])
         torch.manual_seed(0)

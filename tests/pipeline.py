@@ -58,7 +58,7 @@ def update_params(project: Path, overrides: dict) -> None:
 
 def shrunk_params(model_dir: Path, reward_dir: Path | None = None) -> dict:
     """The committed params, cut down to seconds: tiny models, a few rows, a couple of steps."""
-    reward = {} if reward_dir is None else {"model": str(reward_dir), "max_pairs": 24, "batch_size": 4,
+    reward = {} if reward_dir is None else {"train": "always", "model": str(reward_dir), "max_pairs": 24, "batch_size": 4,
                                              "max_length": 64, "logging_steps": 1, "eval_steps": 2}
     return {
         "train_reward": reward,

@@ -173,7 +173,7 @@ def test_prompts_led_by_the_same_examples_run_them_once_per_batch_with_the_same_
 def test_nucleus_draws_come_from_what_a_full_sort_keeps_in_proportion_to_their_probability():
     from transformers import TopPLogitsWarper
 
-    from detoxsum.models.generation import draw_from_nucleus
+    from detoxsum.models.decoding import draw_from_nucleus
 
     torch.manual_seed(0)
     scores = torch.cat([torch.randn(3, 300) * 4, torch.randn(2, 300) * 0.01])  # peaked rows, and nearly flat ones
@@ -183,7 +183,8 @@ def test_nucleus_draws_come_from_what_a_full_sort_keeps_in_proportion_to_their_p
         kept = TopPLogitsWarper(top_p)(None, scores.clone())
         expected = kept.softmax(dim=-1)  # the nucleus, renormalised
         # 16 candidates: the flat rows' nuclei (~150 and ~270 tokens) reach past them and take the full vocabulary
-        drawn = draw_from_nucleus(scores.repeat_interleave(draws, dim=0), top_p, generator, candidates=16)
+        uniforms = torch.rand(len(scores) * draws, generator=generator)
+        drawn = draw_from_nucleus(scores.repeat_interleave(draws, dim=0), top_p, uniforms, candidates=16)
         counts = torch.zeros_like(scores).scatter_add_(1, drawn.view(len(scores), draws),
                                                        torch.ones(len(scores), draws))
         assert not counts[kept == -float("inf")].any()  # nothing outside the nucleus

@@ -10,7 +10,7 @@ from pipeline import REPO, run_stage_module
 from reward_fixtures import tiny_bert_reward, toy_pairs
 
 from detoxsum.config import RewardSpec
-from detoxsum.errors import ParamsError
+from detoxsum.errors import ModelLoadError, ParamsError
 from detoxsum.scoring.reward_model import TrainedReward
 
 
@@ -23,8 +23,8 @@ def workdir(tmp_path):
     pairs = toy_pairs(12, "polite_vs_rude", seed=1) + toy_pairs(12, "faithful_vs_off_topic", seed=2)
     rows = [{"dialogue": p.dialogue, "chosen": p.chosen, "rejected": p.rejected, "family": p.family} for p in pairs]
     write_rows(tmp_path / "prefs.jsonl", rows)
-    set_params(tmp_path, model=str(tmp_path / "tiny-bert"), dataset=str(tmp_path / "prefs.jsonl"), max_length=64,
-               epochs=1, batch_size=4, eval_steps=2)
+    set_params(tmp_path, train="always", model=str(tmp_path / "tiny-bert"), dataset=str(tmp_path / "prefs.jsonl"),
+               max_length=64, epochs=1, batch_size=4, eval_steps=2)
     return tmp_path
 
 
@@ -40,6 +40,20 @@ def set_params(workdir, **values):
 
 def assert_nothing_written(workdir):
     assert not (workdir / "artifacts").exists() and not (workdir / "metrics").exists()
+
+
+def test_unused_by_ppo_the_reward_model_is_not_trained_and_its_outputs_say_why(workdir):
+    (workdir / "dvclive/train_reward/plots/metrics").mkdir(parents=True)
+    (workdir / "dvclive/train_reward/plots/metrics/loss.tsv").write_text("step\tloss\n0\t1.0\n")  # an earlier model's
+    set_params(workdir, train="when_used")  # train_ppo.reward.kind is the committed profanity-check
+    result = run_stage_module("train_reward", workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not trained" in result.stdout and "train_ppo.reward.kind is 'profanity-check'" in result.stdout
+    for note in ("metrics/train_reward.json", "artifacts/reward/not_trained.json", "dvclive/train_reward/metrics.json"):
+        assert json.loads((workdir / note).read_text())["trained"] is False
+    assert not any((workdir / "dvclive/train_reward/plots").iterdir())  # no stale curves
+    with pytest.raises(ModelLoadError, match="no trained reward model found"):
+        TrainedReward.load(workdir / "artifacts/reward")
 
 
 def test_train_reward_writes_the_model_metrics_and_curves(workdir):

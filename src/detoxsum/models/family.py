@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from detoxsum.models.cache import roomy_cache
+from detoxsum.models.decoding import CausalState, Seq2SeqState
 from detoxsum.models.prompts import plain_few_shot
 from detoxsum.models.tokens import end_of_turn_id
 
@@ -70,6 +71,10 @@ class EncoderDecoder:
                                       return_dict=True)
         return {"encoder_outputs": BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
                 "attention_mask": batch["attention_mask"]}
+
+    def decode_state(self, model, inputs: dict) -> Seq2SeqState:
+        """`decoding.decode`'s state for `generate`'s inputs: a padded batch or `prompt_pass`'s."""
+        return Seq2SeqState(model, inputs if "encoder_outputs" in inputs else self.prompt_pass(model, inputs))
 
     def repeat_prompt_pass(self, inputs: dict, repeats: int) -> dict:
         """`prompt_pass`'s inputs with every row `repeats` times in a row (as `num_return_sequences`
@@ -145,6 +150,10 @@ class DecoderOnly:
             model(input_ids=batch["input_ids"][:, :cached], attention_mask=mask, position_ids=positions,
                   past_key_values=cache, use_cache=True, **only_last)
         return {**batch, "past_key_values": cache}
+
+    def decode_state(self, model, inputs: dict) -> CausalState:
+        """`decoding.decode`'s state for `generate`'s inputs (a cache in them holds the first positions)."""
+        return CausalState(model, inputs)
 
     def repeat_prompt_pass(self, inputs: dict, repeats: int) -> dict:
         """`prompt_pass`'s inputs with every row `repeats` times in a row (as `num_return_sequences`

@@ -1,5 +1,6 @@
 """Batched generation: greedy and nucleus-sampled summaries, prompts sorted by length, one prompt
-pass shared by a prompt's rows, and a key/value cache that grows in place."""
+pass shared by a prompt's rows, a key/value cache that grows in place, and decoding that drops a
+batch's finished rows (`decoding.decode`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from transformers import (
 )
 
 from detoxsum.models.cache import roomy_cache, with_roomy_cache
+from detoxsum.models.decoding import Uniforms, decode, decodes_plainly, draw_from_nucleus
 from detoxsum.models.family import Family
 from detoxsum.models.tokens import decode_responses, stop_token_ids
 from detoxsum.precision import autocast
@@ -35,30 +37,10 @@ def generate_summaries(
     (`shared_prefix_inputs`), where the family and model allow it."""
     decoding = {"num_beams": num_beams, "do_sample": False}
     # Beam search repeats its inputs per beam but not a cache handed in: one pass per prompt there.
-    share_prefix = share_prefix and num_beams == 1 and family.shares_prompt_prefix and shares_prompt_pass(model)
+    share_prefix = share_prefix and num_beams == 1 and family.shares_prompt_prefix and decodes_plainly(model)
     per_prompt = generate_in_length_order(model, tokenizer, family, prompts, batch_size, max_new_tokens, decoding,
                                           precision, desc, show_progress, share_prefix)
     return [texts[0] for texts in per_prompt]
-
-
-def draw_from_nucleus(logits: torch.Tensor, top_p: float, generator: torch.Generator,
-                      candidates: int = 1024) -> torch.Tensor:
-    """One token per row of `logits` [rows, vocab], drawn by nucleus (top-p) sampling at
-    temperature 1: from the most likely tokens whose more likely neighbours hold less than `top_p`
-    of the probability (always the most likely one), as transformers' `TopPLogitsWarper` keeps them.
-
-    Only the `candidates` largest logits of a row are sorted; a row whose nucleus reaches past them
-    (a very flat distribution) is drawn again over its whole vocabulary.
-    """
-    top_logits, top_ids = logits.topk(min(candidates, logits.shape[-1]), dim=-1)
-    probs = (top_logits - torch.logsumexp(logits, dim=-1, keepdim=True)).exp()
-    keep = probs.cumsum(dim=-1) - probs < top_p  # the mass of the more likely tokens
-    keep[:, 0] = True
-    tokens = top_ids.gather(1, torch.multinomial(probs * keep, 1, generator=generator)).squeeze(1)
-    overflow = keep[:, -1] & (top_ids.shape[-1] < logits.shape[-1])
-    if overflow.any():
-        tokens[overflow] = draw_from_nucleus(logits[overflow], top_p, generator, logits.shape[-1])
-    return tokens
 
 
 class NucleusRows(LogitsProcessor):
@@ -66,24 +48,25 @@ class NucleusRows(LogitsProcessor):
     row's scores become -inf but for the token `draw_from_nucleus` drew, which greedy then picks;
     rows outside `sampled` (a bool per row; None: all rows sampled) stay greedy.
 
-    Why not generate's own sampling: it cannot mix greedy and sampled rows in one batch (greedy
+    Used where `generate` decodes (beam search aside: models `decoding.decode` leaves to it). Why
+    not generate's own sampling: it cannot mix greedy and sampled rows in one batch (greedy
     summaries would decode apart, at a fifth of the rows), and it draws through `torch.multinomial`
     over the whole vocabulary, one exponential variate per token and row: 54 ms a step for 40 rows
     of SmolLM2's 49,152 tokens on a 2-core CPU, where this draws among the nucleus candidates.
-    Draws come from a generator seeded by `seed`, so a batch's samples do not depend on how many
-    steps its greedy rows take.
+    Draws come from `decoding.Uniforms` seeded by `seed`, one per sampled row and step, so a
+    batch's samples are those `decoding.decode` draws for the same seed.
     """
 
     def __init__(self, top_p: float, seed: int, sampled: torch.Tensor | None = None):
         self.top_p, self.seed, self.sampled = top_p, seed, sampled
-        self.generator: torch.Generator | None = None
+        self.uniforms: Uniforms | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.generator is None:
-            self.generator = torch.Generator(scores.device).manual_seed(self.seed)
         rows = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device) if self.sampled is None \
             else self.sampled.to(scores.device)
-        drawn = draw_from_nucleus(scores[rows], self.top_p, self.generator)
+        if self.uniforms is None:
+            self.uniforms = Uniforms(self.seed, int(rows.sum()), scores.device)
+        drawn = draw_from_nucleus(scores[rows], self.top_p, self.uniforms.next())
         chosen = torch.full_like(scores[rows], -float("inf")).scatter_(1, drawn[:, None], 0.0)
         processed = scores.clone()
         processed[rows] = chosen
@@ -124,6 +107,7 @@ def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str
     """
     model.eval()
     per_prompt = decoding.get("rows_per_prompt", 1)
+    plain = decoding.get("num_beams", 1) == 1 and decodes_plainly(model)
     order = length_order(tokenizer, family, prompts)
     summaries: list[list[str]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not show_progress):
@@ -134,12 +118,27 @@ def generate_in_length_order(model, tokenizer, family: Family, prompts: list[str
                 batch = pad_prompts(tokenizer, family, [prompts[i] for i in positions for _ in range(per_prompt)],
                                     model.device)
                 batch = with_roomy_cache(model, batch) if decoding.get("num_beams", 1) == 1 else batch
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
-                                       pad_token_id=tokenizer.pad_token_id, **batch_decoding(decoding))
-        texts = decode_responses(tokenizer, family.response_ids(generated, batch["input_ids"].shape[1]))
+            if plain:
+                responses = decode_batch(model, tokenizer, family, batch, max_new_tokens, decoding.get("top_p"))
+            else:
+                generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                           eos_token_id=stop_token_ids(tokenizer), **batch_decoding(decoding))
+                responses = family.response_ids(generated, batch["input_ids"].shape[1])
+        texts = decode_responses(tokenizer, responses)
         for offset, position in enumerate(positions):
             summaries[position] = texts[offset * per_prompt : (offset + 1) * per_prompt]
     return summaries
+
+
+def decode_batch(model, tokenizer, family: Family, batch: dict, max_new_tokens: int, top_p: float | None,
+                 sampled: torch.Tensor | None = None) -> torch.Tensor:
+    """`decoding.decode`'s response ids for `generate`'s inputs `batch`: greedy, or with `top_p` a
+    nucleus sample in every row (or in the `sampled` rows), seeded for this batch (`batch_seed`)."""
+    if top_p is not None and sampled is None:
+        sampled = torch.ones(len(batch["attention_mask"]), dtype=torch.bool)
+    seed = batch_seed() if top_p is not None else 0
+    return decode(model, family.decode_state(model, batch), max_new_tokens, stop_token_ids(tokenizer),
+                  tokenizer.pad_token_id, sampled, top_p or 1.0, seed)
 
 
 def batch_decoding(decoding: dict) -> dict:
@@ -147,15 +146,6 @@ def batch_decoding(decoding: dict) -> dict:
     `nucleus_sampling` processor seeded for this batch (`rows_per_prompt` is the caller's)."""
     rest = {key: value for key, value in decoding.items() if key not in ("top_p", "rows_per_prompt")}
     return {**rest, **nucleus_sampling(decoding["top_p"])} if "top_p" in decoding else rest
-
-
-def shares_prompt_pass(model) -> bool:
-    """Whether `greedy_and_sampled_summaries` can reuse the prompt's pass: not through a live peft
-    model (a soft prompt is added to the inputs inside peft's own generate), nor for a cache that
-    cannot be cut back (sliding-window or static caches)."""
-    from peft import PeftModel
-
-    return not isinstance(model, PeftModel) and getattr(model.generation_config, "cache_implementation", None) is None
 
 
 @torch.no_grad()
@@ -173,16 +163,15 @@ def greedy_and_sampled_summaries(model, tokenizer, family: Family, prompts: list
     decodes all rows together: the first of each prompt greedy, the others sampled (`NucleusRows`),
     so the greedy rows do not decode apart at a fifth of the rows. The greedy summaries are those
     of `generate_summaries`, the samples those of `sample_summaries` with the same generator state
-    (seed torch first). A model whose pass cannot be shared (`shares_prompt_pass`) gets those two runs.
+    (seed torch first). Decoding is `decoding.decode`'s, which drops the rows that have finished; a
+    model it leaves to `generate` (`decoding.decodes_plainly`) gets those two runs.
     """
-    if not shares_prompt_pass(model):
+    if not decodes_plainly(model):
         greedy = generate_summaries(model, tokenizer, family, prompts, batch_size, max_new_tokens, 1, precision,
                                     f"{desc} greedy", show_progress)
         return greedy, sample_summaries(model, tokenizer, family, prompts, batch_size, max_new_tokens, samples,
                                         top_p, precision, f"{desc} sampled x{samples}", show_progress)
     model.eval()
-    stop = {"max_new_tokens": max_new_tokens, "eos_token_id": stop_token_ids(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id}
     rows_per_prompt = 1 + samples
     order = length_order(tokenizer, family, prompts)
     greedy: list[str] = [""] * len(prompts)
@@ -194,8 +183,8 @@ def greedy_and_sampled_summaries(model, tokenizer, family: Family, prompts: list
         sampled_rows = (torch.arange(len(positions) * rows_per_prompt) % rows_per_prompt) > 0
         with autocast(model.device, precision):
             rows = family.repeat_prompt_pass(family.prompt_pass(model, batch), rows_per_prompt)
-            generated = model.generate(**rows, num_beams=1, **nucleus_sampling(top_p, sampled_rows), **stop)
-        texts = decode_responses(tokenizer, family.response_ids(generated, batch["input_ids"].shape[1]))
+            responses = decode_batch(model, tokenizer, family, rows, max_new_tokens, top_p, sampled_rows)
+        texts = decode_responses(tokenizer, responses)
         for offset, position in enumerate(positions):
             first = offset * rows_per_prompt
             greedy[position] = texts[first]
