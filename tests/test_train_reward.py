@@ -49,9 +49,11 @@ def test_unused_by_ppo_the_reward_model_is_not_trained_and_its_outputs_say_why(w
     result = run_stage_module("train_reward", workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not trained" in result.stdout and "train_ppo.reward.kind is 'profanity-check'" in result.stdout
-    for note in ("metrics/train_reward.json", "artifacts/reward/not_trained.json", "dvclive/train_reward/metrics.json"):
+    notes = ("metrics/train_reward.json", "artifacts/reward/not_trained.json", "dvclive/train_reward/metrics.json",
+             "dvclive/train_reward/plots/not_trained.json")
+    for note in notes:
         assert json.loads((workdir / note).read_text())["trained"] is False
-    assert not any((workdir / "dvclive/train_reward/plots").iterdir())  # no stale curves
+    assert [path.name for path in (workdir / "dvclive/train_reward/plots").iterdir()] == ["not_trained.json"]  # no stale curves
     with pytest.raises(ModelLoadError, match="no trained reward model found"):
         TrainedReward.load(workdir / "artifacts/reward")
 

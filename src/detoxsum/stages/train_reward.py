@@ -71,8 +71,8 @@ def write_not_trained(reward_kind: str) -> None:
             "why": f"train_ppo.reward.kind is {reward_kind!r}, which does not use this model; "
                    "train_reward.train: always trains it anyway"}
     with atomic_dir(live_dir("train_reward")) as curves_dir:
-        (curves_dir / "plots").mkdir()
         write_json_atomic(curves_dir / "metrics.json", note)
+        write_json_atomic(curves_dir / "plots" / "not_trained.json", note)  # git keeps no empty folder
         with atomic_dir(REWARD_DIR) as tmp:
             write_json_atomic(tmp / "not_trained.json", note)
         write_json_atomic(metrics_file("train_reward"), note)
