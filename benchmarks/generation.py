@@ -6,7 +6,8 @@ stages ran it before: a greedy run, then a sampled run with `num_return_sequence
 every prompt k times before the forward pass, so each prompt is prefilled 1 + k times. The stages'
 path (`models.generation.greedy_and_sampled_summaries`) prefills each prompt once, repeats its cache 1 + k
 times and decodes the greedy row and the k sampled rows together, drawing the samples among the
-nucleus candidates (`NucleusRows`). Both sides use the same merged model (base + LoRA), batch
+nucleus candidates (`decoding.draw_from_nucleus`) and dropping each batch's finished rows
+(`decoding.decode`). Both sides use the same merged model (base + LoRA), batch
 size, precision and length-sorted batches; they generate the same greedy summaries (the script
 checks them), the samples from the same distribution but other random draws, and the time ratio
 is the speed-up. Goal: >= 2.5x on a CPU.
