@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "src", "data/sample", "data/preferences", "recipes"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "src", "data/sample", "data/preferences", "data/calibration",
+                 "recipes"]
 
 
 def tool_env() -> dict[str, str]:

@@ -31,7 +31,7 @@ from detoxsum.ship.registry import embedded_uri
 
 ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
 STAGES = ("fetch", "filter", "tokenize", "train_lora", "train_reward", "select_reward", "train_ppo", "generate_base",
-          "generate_lora", "generate_ppo", "evaluate", "register")
+          "generate_lora", "generate_ppo", "calibrate", "evaluate", "register")
 MODEL_NAME = "detoxsum-summarizer"
 
 

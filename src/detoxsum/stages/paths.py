@@ -17,6 +17,8 @@ REWARD_DIR = Path("artifacts/reward")
 PPO_REWARD_FILE = Path("artifacts/ppo_reward.json")  # select_reward: what PPO's reward depends on
 PPO_DIR = Path("artifacts/ppo")
 CHECKPOINTS_DIR = Path("checkpoints")  # resumable training state, outside DVC's outputs
+# calibrate
+CALIBRATION_FILE = Path("data/calibration/insults.jsonl")
 # generate, evaluate
 SUMMARIES_DIR = Path("results/summaries")
 PREDICTIONS_FILE = Path("results/predictions.jsonl")
