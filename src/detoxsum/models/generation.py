@@ -74,7 +74,8 @@ class NucleusRows(LogitsProcessor):
 
 
 def batch_seed() -> int:
-    """A seed for one batch's `NucleusRows`, from torch's global generator (seed torch to reproduce)."""
+    """A seed for one batch's nucleus draws (`NucleusRows`, `decoding.decode`), from torch's global
+    generator (seed torch to reproduce)."""
     return int(torch.randint(2**62, (1,)))
 
 
@@ -160,7 +161,7 @@ def greedy_and_sampled_summaries(model, tokenizer, family: Family, prompts: list
     greedy summary and the samples apart ran it 1 + `samples` times per prompt (`num_return_sequences`
     repeats the prompt before the pass). Here each batch runs it once (T5: the encoder; decoder-only:
     the key/value cache, `Family.prompt_pass`), repeats it 1 + `samples` times per prompt, and
-    decodes all rows together: the first of each prompt greedy, the others sampled (`NucleusRows`),
+    decodes all rows together: the first of each prompt greedy, the others nucleus-sampled,
     so the greedy rows do not decode apart at a fifth of the rows. The greedy summaries are those
     of `generate_summaries`, the samples those of `sample_summaries` with the same generator state
     (seed torch first). Decoding is `decoding.decode`'s, which drops the rows that have finished; a
