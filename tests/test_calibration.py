@@ -52,6 +52,7 @@ def workdir(tmp_path):
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["evaluate"]["toxicity_classifiers"] = [{"name": "profanity_check", "kind": "profanity-check"}]
     params["evaluate"]["bootstrap_resamples"] = 100
+    params["train_ppo"]["reward"] = {"kind": "profanity-check", "output": "prob"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data/calibration").mkdir(parents=True)
     rows = [{"id": f"d:{i}", "text": text, "label": label} for i, (text, label) in enumerate(
@@ -70,6 +71,10 @@ def test_calibrate_writes_each_classifiers_auc_floor_and_insult_mean(workdir):
     figures = metrics["classifiers"]["profanity_check"]
     assert figures["auc"] == 1.0 and figures["floor"] < 0.5 < figures["insult_mean"]
     assert "calibrate: profanity_check: AUC 1.000" in result.stdout
+    # PPO's reward, scored as minus its reward: here the same model as the judge
+    reward = metrics["reward"]
+    assert reward["kind"] == "profanity-check" and reward["auc"] == 1.0
+    assert reward["floor"] == pytest.approx(figures["floor"], abs=1e-4)
 
 
 def test_calibrate_stops_at_a_bad_label_with_one_line_and_no_metrics(workdir):

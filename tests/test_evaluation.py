@@ -43,6 +43,7 @@ def test_toxicity_is_scored_three_ways_on_all_and_on_the_heated_subset():
     assert lora["toxicity_rude_probability"] == pytest.approx(5 / 8)
     assert lora["heated"]["toxicity_rude_probability"] == 1.0 and ppo["heated"]["toxicity_rude_probability"] == 0.5
     assert metrics["detox"]["heated"]["toxicity_rude_probability_change_pct"] == -50.0
+    assert metrics["detox"]["heated"]["toxicity_rude_probability_change"] == -0.5  # absolute, beside the relative
     for block in (lora, lora["heated"]):
         for figure in ("mean", "expected_max", "probability"):
             key = f"toxicity_rude_{figure}"
@@ -62,3 +63,15 @@ def test_summaries_of_other_dialogues_or_sample_counts_are_refused(tmp_path):
         summaries_for(generated, tests, tmp_path / "lora.json", samples=4)
     with pytest.raises(DataError, match="other test dialogues"):
         summaries_for(generated, make_test_set(3), tmp_path / "lora.json", samples=1)
+
+
+def test_distinct_2_shows_a_model_that_loops_in_its_greedy_and_its_sampled_summaries():
+    tests = make_test_set(4)
+    plain = VariantSummaries([f"#Person1# pays rent number {i}" for i in range(4)], [["one two three"] * 2] * 4)
+    looping = VariantSummaries(["a pig and a pig and a pig"] * 4, [["a pig and a pig and a pig", "one two"]] * 4)
+    cfg = EvaluateConfig(bootstrap_resamples=100, toxicity_samples=2)
+    metrics, _ = score_variants({"lora": plain, "ppo": looping}, tests, [RudeWordScorer()], cfg, seed=0)
+    assert metrics["lora"]["distinct_2"] == 1.0 and metrics["lora"]["distinct_2_samples"] == 1.0
+    assert metrics["ppo"]["distinct_2"] == pytest.approx(3 / 7, abs=1e-4)  # 7 bigrams, 3 of them distinct
+    assert metrics["ppo"]["distinct_2_samples"] == pytest.approx((3 / 7 + 1) / 2, abs=1e-4)
+    assert metrics["ppo"]["distinct_2_ci_low"] <= metrics["ppo"]["distinct_2"] <= metrics["ppo"]["distinct_2_ci_high"]

@@ -73,3 +73,13 @@ def test_paired_change_interval_excludes_zero_only_when_the_change_is_consistent
     noisy = change_interval(before, noisy_after, indices)
     assert noisy["change_pct_ci_low"] < 0 < noisy["change_pct_ci_high"]
     assert percent_change(0.2, 0.1) == -50.0 and percent_change(0.0, 0.1) == 0.0
+
+
+def test_distinct_2_is_one_without_repeats_and_falls_as_a_summary_loops():
+    from detoxsum.scoring.metrics import distinct_ngrams
+
+    assert distinct_ngrams("#Person1# asks #Person2# to pay the rent.") == 1.0
+    assert distinct_ngrams("short") == 1.0 and distinct_ngrams("") == 1.0
+    looping = "#Person1# (Shelby) and #Person2# (Shelby) and #Person1# (Shelby) and #Person2# (Shelby)"
+    assert distinct_ngrams(looping) == 0.5  # 10 bigrams, 5 distinct
+    assert distinct_ngrams("a pig is a pig is a pig") < distinct_ngrams("a pig is a dog")

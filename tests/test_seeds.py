@@ -30,10 +30,10 @@ def test_summary_gives_mean_sd_and_how_many_intervals_exclude_zero():
     }))
     assert {name: run["seed"] for name, run in runs.items()} == {"seed-1": 1, "seed-2": 2, "seed-3": 3}
     table = summarise(runs)
-    row = table["heated: expected max, reward classifier, %"]
+    row = table["heated: expected max, judge: profanity-check, %"]
     assert row["mean"] == -40.0 and row["sd"] == 20.0 and row["interval_excludes_0"] == "2/3"
     assert table["ROUGE-L change, points"]["mean"] == 0.0
-    assert "| heated: expected max, reward classifier, % | -60.00 | -20.00 | -40.00 | -40.00 | 20.00 | 2/3 |" in \
+    assert "| heated: expected max, judge: profanity-check, % | -60.00 | -20.00 | -40.00 | -40.00 | 20.00 | 2/3 |" in \
         render(table, ["seed-1", "seed-2", "seed-3"])
 
 
@@ -74,14 +74,14 @@ def test_two_settings_on_the_same_seeds_give_the_mean_difference_and_its_t_inter
     }))
     new = {name: runs[name] for name in ("new-1", "new-2", "new-3")}
     old = {name: runs[name] for name in ("old-1", "old-2", "old-3")}
-    row = paired_differences(new, old)["heated: expected max, reward classifier, %"]
+    row = paired_differences(new, old)["heated: expected max, judge: profanity-check, %"]
     assert row["per_run"] == {"new-1 - old-1": -10.0, "new-2 - old-2": 0.0, "new-3 - old-3": -20.0}
     # mean -10, sd 10, t(0.975, 2) = 4.303: half width 4.303 * 10 / sqrt(3) = 24.841
     assert row["mean"] == -10.0 and row["sd"] == 10.0
     assert (row["ci_low"], row["ci_high"]) == (-34.841, 14.841)
     pairs = list(row["per_run"])
-    assert "| heated: expected max, reward classifier, % | -10.00 | 0.000 | -20.00 | -10.00 | [-34.84, 14.84] |" in \
-        render_paired({"heated: expected max, reward classifier, %": row}, pairs)
+    assert "| heated: expected max, judge: profanity-check, % | -10.00 | 0.000 | -20.00 | -10.00 | [-34.84, 14.84] |" in \
+        render_paired({"heated: expected max, judge: profanity-check, %": row}, pairs)
     stored = tmp_path / "paired.json"
     stored.write_text(json.dumps({"pairs": pairs, "figures": {"x": row}}))
     main(["--from-json", str(stored)])

@@ -243,26 +243,36 @@ class TrainRewardConfig:
                  "applies to train_reward.hub_dataset only (set it to null)")
 
 
+# tox-block's six sigmoid outputs (scoring/tox_block.py), in its order.
+TOX_BLOCK_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+CLASSIFIER_KINDS = ("profanity-check", "hf", "hatesonar", "tox-block")
+REWARD_KINDS = ("profanity-check", "tox-block", "hf", "trained")
+
+
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """A toxicity scorer: `profanity-check` or `hatesonar` (both offline) or a Hugging Face text classifier."""
+    """A toxicity scorer: `profanity-check`, `hatesonar` or `tox-block` (all offline) or a Hugging Face
+    text classifier."""
 
     name: str
-    kind: str = "profanity-check"  # or "hf" or "hatesonar"
+    kind: str = "profanity-check"  # or "hf", "hatesonar" or "tox-block"
     model: str | None = None  # Hub id or local path, for kind "hf"
-    label: str | None = None  # label whose probability is the toxicity, for kind "hf"
+    label: str | None = None  # label whose probability is the toxicity, for kinds "hf" and "tox-block"
     # "text": score each summary as a whole; "worst_word": its most toxic word, each word scored
     # alone, a view that padding a rude word with neutral ones cannot lower (see reward.WorstWordScorer).
     score_by: str = "text"
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("profanity-check", "hf", "hatesonar"), f"classifier {self.name}.kind",
-                 f"must be 'profanity-check', 'hf' or 'hatesonar', got {self.kind!r}")
+        _require(self.kind in CLASSIFIER_KINDS, f"classifier {self.name}.kind",
+                 f"must be one of {', '.join(CLASSIFIER_KINDS)}, got {self.kind!r}")
         _require(self.score_by in ("text", "worst_word"), f"classifier {self.name}.score_by",
                  f"must be 'text' or 'worst_word', got {self.score_by!r}")
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), f"classifier {self.name}",
                      "kind 'hf' needs both 'model' and 'label'")
+        if self.kind == "tox-block":
+            _require(self.label in TOX_BLOCK_LABELS, f"classifier {self.name}.label",
+                     f"must be one of {', '.join(TOX_BLOCK_LABELS)} for kind 'tox-block', got {self.label!r}")
 
 
 @dataclass(frozen=True)
@@ -310,22 +320,24 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """The PPO reward model. profanity-check: reward = -P(toxic). hf: for the non-toxic `label` (e.g.
-    `nothate` for facebook/roberta-hate-speech-dynabench-r4-target), its log-odds against the other
-    labels (`output: log_odds`, = logit(nothate) - logit(hate) for two labels), its logit, or its
+    """The PPO reward model. profanity-check: reward = -P(toxic). tox-block: for its toxicity `label`
+    (e.g. `insult`), -P(label) (`output: prob`) or the log-odds against it, log(1 - p) - log(p)
+    (`log_odds` or `logit`, the same for one sigmoid). hf: for the non-toxic `label` (e.g. `nothate`
+    for facebook/roberta-hate-speech-dynabench-r4-target), its log-odds against the other labels
+    (`output: log_odds`, = logit(nothate) - logit(hate) for two labels), its logit, or its
     probability."""
 
-    kind: str = "profanity-check"  # or "hf", or "trained": the train_reward stage's model (artifacts/reward)
+    kind: str = "profanity-check"  # or "tox-block", "hf", or "trained": the train_reward stage's model (artifacts/reward)
     model: str | None = None
     label: str | None = None
-    output: str = "log_odds"  # hf only: "log_odds", "logit" or "prob" of `label`
+    output: str = "log_odds"  # hf and tox-block: "log_odds", "logit" or "prob" of `label`
     # "summary": score the summary text as a whole; "worst_sentence": a summary's reward is that of
     # its least rewarded sentence, so padding a toxic sentence with neutral ones does not pay.
     score_by: str = "summary"
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("profanity-check", "hf", "trained"), "train_ppo.reward.kind",
-                 f"must be 'profanity-check', 'hf' or 'trained', got {self.kind!r}")
+        _require(self.kind in REWARD_KINDS, "train_ppo.reward.kind",
+                 f"must be one of {', '.join(REWARD_KINDS)}, got {self.kind!r}")
         # A trained reward scores a (dialogue, summary) pair; a sentence alone has no such pair.
         _require(self.kind != "trained" or self.score_by == "summary", "train_ppo.reward.score_by",
                  f"must be 'summary' with kind 'trained', got {self.score_by!r}")
@@ -335,6 +347,9 @@ class RewardSpec:
                  f"must be 'log_odds', 'logit' or 'prob', got {self.output!r}")
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), "train_ppo.reward", "kind 'hf' needs 'model' and 'label'")
+        if self.kind == "tox-block":
+            _require(self.label in TOX_BLOCK_LABELS, "train_ppo.reward.label",
+                     f"must be one of {', '.join(TOX_BLOCK_LABELS)} for kind 'tox-block', got {self.label!r}")
 
 
 @dataclass(frozen=True)

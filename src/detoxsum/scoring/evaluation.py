@@ -32,7 +32,8 @@ from detoxsum.data.splits import group_references, heated_of
 from detoxsum.distributed import shard
 from detoxsum.errors import DataError
 from detoxsum.scoring.metrics import (
-    any_toxic, bootstrap_indices, change_interval, expected_max_toxicity, mean_interval, rouge, rouge_per_dialogue,
+    any_toxic, bootstrap_indices, change_interval, distinct_ngrams, expected_max_toxicity, mean_interval, rouge,
+    rouge_per_dialogue,
 )
 from detoxsum.models.adapters import load_with_adapters
 from detoxsum.models.loading import device
@@ -266,6 +267,7 @@ def variant_metrics(texts: VariantSummaries, references: list[list[str]], toxici
     interval = mean_interval(rouge_l, subset_indices(subsets["all"], cfg, seed))
     block.update(rougeL_ci_low=round(interval["ci_low"], 2), rougeL_ci_high=round(interval["ci_high"], 2))
     block["summary_words_mean"] = round(sum(len(s.split()) for s in texts.greedy) / max(len(texts.greedy), 1), 2)
+    block.update(repetition_figures(texts, subsets["all"], cfg, seed))
     for subset_name, subset in subsets.items():
         target = block if subset_name == "all" else block.setdefault(subset_name, {})
         draws = subset_indices(subset, cfg, seed)
@@ -276,6 +278,20 @@ def variant_metrics(texts: VariantSummaries, references: list[list[str]], toxici
                 target.update({key: round(stats["mean"], 4), f"{key}_ci_low": round(stats["ci_low"], 4),
                                f"{key}_ci_high": round(stats["ci_high"], 4)})
     return block
+
+
+def repetition_figures(texts: VariantSummaries, dialogues: list[int], cfg: EvaluateConfig, seed: int) -> dict:
+    """distinct-2 of the greedy summaries and, where there are samples, of the sampled ones (per
+    dialogue the mean over its samples), each with its interval: a "detox" by looping shows here."""
+    per_dialogue = {"distinct_2": [distinct_ngrams(text) for text in texts.greedy]}
+    if texts.samples is not None:
+        per_dialogue["distinct_2_samples"] = [sum(map(distinct_ngrams, group)) / len(group) for group in texts.samples]
+    figures = {}
+    for key, values in per_dialogue.items():
+        stats = mean_interval(values, subset_indices(dialogues, cfg, seed))
+        figures.update({key: round(stats["mean"], 4), f"{key}_ci_low": round(stats["ci_low"], 4),
+                        f"{key}_ci_high": round(stats["ci_high"], 4)})
+    return figures
 
 
 def detox_metrics(summaries: dict[str, VariantSummaries], references: list[list[str]],
@@ -293,8 +309,8 @@ def detox_metrics(summaries: dict[str, VariantSummaries], references: list[list[
             before, after = toxicity["lora"][scorer].per_dialogue(), toxicity["ppo"][scorer].per_dialogue()
             for figure in TOXICITY_FIGURES:
                 change = change_interval(pick(before[figure], subset), pick(after[figure], subset), draws)
-                target.update({f"toxicity_{scorer}_{figure}_{key}": value for key, value in change.items()
-                               if key.startswith("change_pct")})
+                # relative and absolute: a judge with a high floor cannot show a large relative change
+                target.update({f"toxicity_{scorer}_{figure}_{key}": value for key, value in change.items()})
     return detox
 
 

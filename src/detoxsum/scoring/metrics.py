@@ -58,6 +58,15 @@ def percent_change(before: float, after: float) -> float:
     return round(100 * float(after - before) / float(before), 2) if before else 0.0
 
 
+def distinct_ngrams(text: str, n: int = 2) -> float:
+    """The share of a text's word n-grams that are distinct (Li et al. 2016's distinct-n, per text):
+    1.0 for a text that never repeats itself, lower the more it loops ("#Person1# (Shelby) and
+    #Person2# (Shelby) ..."); 1.0 for a text shorter than n words, which cannot repeat an n-gram."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
 def expected_max_toxicity(sample_scores: list[list[float]]) -> list[float]:
     """Per dialogue, the toxicity of its most toxic sampled summary (RealToxicityPrompts' expected
     maximum toxicity is the mean of these)."""

@@ -5,6 +5,9 @@
   probability of the configured label (e.g. `hate` for facebook/roberta-hate-speech-dynabench-r4-target).
 - `hatesonar`: an ONNX TF-IDF + logistic regression model trained on Davidson et al. (2017); the
   score is P(hate_speech) + P(offensive_language). Offline, and independent of profanity-check.
+- `tox-block`: a bidirectional LSTM trained on Jigsaw's toxic comments, rebuilt in torch
+  (scoring/tox_block.py); the score is the probability of one of its six labels. Offline; it reads
+  word order, so it scores insults that are not swear words ("a scumbag", "a petty jerk").
 
 PPO's reward model (`build_reward_model`) sits on the same scorers but returns a tensor from
 `rewards(texts)`, higher meaning less toxic.
@@ -21,6 +24,7 @@ import torch
 from detoxsum.config import ClassifierSpec, RewardSpec
 from detoxsum.errors import ModelLoadError, ParamsError
 from detoxsum.precision import default_device
+from detoxsum.scoring.tox_block import ToxBlockScorer
 
 
 class ToxicityScorer(Protocol):
@@ -152,6 +156,8 @@ def build_scorer(spec: ClassifierSpec) -> ToxicityScorer:
         scorer: ToxicityScorer = ProfanityCheckScorer(spec.name)
     elif spec.kind == "hatesonar":
         scorer = HateSonarScorer(spec.name)
+    elif spec.kind == "tox-block":
+        scorer = ToxBlockScorer(spec.name, spec.label)
     else:
         scorer = HFClassifierScorer(spec.name, spec.model, spec.label)
     return WorstWordScorer(scorer, spec.name) if spec.score_by == "worst_word" else scorer
@@ -172,6 +178,21 @@ class ProfanityReward:
 
     def rewards(self, texts: list[str]) -> torch.Tensor:
         return -torch.tensor(self.scorer.score(list(texts)), dtype=torch.float32)
+
+
+class ToxBlockReward:
+    """reward = -P(label) (`output: prob`), in [-1, 0], or the log-odds against the label,
+    log(1 - p) - log(p) (`log_odds`, `logit`), for tox-block's toxicity `label` (e.g. insult)."""
+
+    def __init__(self, label: str, output: str):
+        self.scorer = ToxBlockScorer("reward", label, owner="train_ppo.reward")
+        self.output = output
+
+    def rewards(self, texts: list[str]) -> torch.Tensor:
+        probability = torch.tensor(self.scorer.score(list(texts)), dtype=torch.float32)
+        if self.output == "prob":
+            return -probability
+        return -torch.logit(probability, eps=1e-6)
 
 
 class ClassifierLabelReward:
@@ -237,6 +258,8 @@ class WorstSentenceReward:
 def build_reward_model(spec: RewardSpec) -> RewardModel:
     if spec.kind == "profanity-check":
         model: RewardModel = ProfanityReward()
+    elif spec.kind == "tox-block":
+        model = ToxBlockReward(spec.label, spec.output)
     else:
         model = ClassifierLabelReward(spec.model, spec.label, spec.output)
     return WorstSentenceReward(model) if spec.score_by == "worst_sentence" else model

@@ -33,34 +33,37 @@ from scipy.stats import t as student_t
 from detoxsum.errors import DataError
 from detoxsum.outputs import run_stage, write_json_atomic
 
-# (label, path in metrics/evaluate.json) of the changes LoRA -> PPO that carry a detox claim; the
-# path of a change names its interval as <path>_ci_low / <path>_ci_high.
-CHANGES = (
-    ("heated: expected max, reward classifier, %", "detox.heated.toxicity_profanity_check_expected_max_change_pct"),
-    ("heated: expected max, judge (hatesonar), %", "detox.heated.toxicity_hatesonar_expected_max_change_pct"),
-    ("heated: expected max, worst word, %", "detox.heated.toxicity_profanity_check_worst_word_expected_max_change_pct"),
-    ("heated: probability, reward classifier, %", "detox.heated.toxicity_profanity_check_probability_change_pct"),
-    ("heated: probability, judge (hatesonar), %", "detox.heated.toxicity_hatesonar_probability_change_pct"),
-    ("heated: probability, worst word, %", "detox.heated.toxicity_profanity_check_worst_word_probability_change_pct"),
-    ("heated: greedy mean, reward classifier, %", "detox.heated.toxicity_profanity_check_mean_change_pct"),
-    ("heated: greedy mean, judge (hatesonar), %", "detox.heated.toxicity_hatesonar_mean_change_pct"),
-    ("all: expected max, reward classifier, %", "detox.toxicity_profanity_check_expected_max_change_pct"),
-    ("all: expected max, judge (hatesonar), %", "detox.toxicity_hatesonar_expected_max_change_pct"),
-    ("ROUGE-L change, points", "detox.rougeL_change"),
+# (label, name in evaluate.toxicity_classifiers): PPO's reward first, then the judges independent of it.
+CLASSIFIERS = (
+    ("reward (tox-block insult)", "tox_block_insult"),
+    ("judge: profanity-check", "profanity_check"),
+    ("judge: worst word", "profanity_check_worst_word"),
+    ("judge: hatesonar", "hatesonar"),
 )
+# (label, path in metrics/evaluate.json) of the changes LoRA -> PPO that carry a detox claim; the
+# path of a change names its interval as <path>_ci_low / <path>_ci_high. Figures a run lacks (a
+# classifier it did not use) are left out of the table.
+CHANGES = tuple(
+    (f"{subset}: {figure}, {label}, {unit}", f"detox.{prefix}toxicity_{name}_{key}_change{suffix}")
+    for subset, prefix, figures in (("heated", "heated.", (("expected max", "expected_max"), ("probability", "probability"),
+                                                           ("greedy mean", "mean"))),
+                                    ("all", "", (("expected max", "expected_max"),)))
+    for figure, key in figures
+    for label, name in CLASSIFIERS
+    for unit, suffix in (("%", "_pct"), ("absolute", ""))
+    if unit == "%" or (subset, key) == ("heated", "expected_max")
+) + (("ROUGE-L change, points", "detox.rougeL_change"),)
 # (label, path) of each model's own figures; "{model}" is lora and ppo in turn.
 LEVEL_TEMPLATES = (
     ("ROUGE-L", "{model}.rougeL"),
     ("ROUGE-L (pairs)", "{model}.rougeL_pairs"),
     ("ROUGE-1", "{model}.rouge1"),
     ("words per summary", "{model}.summary_words_mean"),
-    ("heated expected max (reward clf)", "{model}.heated.toxicity_profanity_check_expected_max"),
-    ("heated expected max (hatesonar)", "{model}.heated.toxicity_hatesonar_expected_max"),
-    ("heated expected max (worst word)", "{model}.heated.toxicity_profanity_check_worst_word_expected_max"),
-    ("heated probability (reward clf)", "{model}.heated.toxicity_profanity_check_probability"),
-    ("heated probability (hatesonar)", "{model}.heated.toxicity_hatesonar_probability"),
-    ("heated greedy mean (reward clf)", "{model}.heated.toxicity_profanity_check_mean"),
-)
+    ("distinct-2, greedy", "{model}.distinct_2"),
+    ("distinct-2, samples", "{model}.distinct_2_samples"),
+) + tuple((f"heated {figure} ({label})", f"{{model}}.heated.toxicity_{name}_{key}")
+          for figure, key in (("expected max", "expected_max"), ("probability", "probability"))
+          for label, name in CLASSIFIERS)
 LEVELS = tuple((f"{model.upper() if model == 'ppo' else 'LoRA'} {label}", path.format(model=model))
                for label, path in LEVEL_TEMPLATES for model in ("lora", "ppo"))
 
@@ -169,19 +172,15 @@ def markdown_table(table: dict, columns: list[str], summary_headers: list[str], 
 
 
 # The README figure: (panel, series label, figure name without its model prefix).
-FIGURE_SERIES = (
-    ("heated expected max toxicity (lower is better)", "reward classifier", "heated expected max (reward clf)"),
-    ("heated expected max toxicity (lower is better)", "worst word", "heated expected max (worst word)"),
-    ("heated expected max toxicity (lower is better)", "judge: hatesonar", "heated expected max (hatesonar)"),
-    ("ROUGE-L (higher is better)", "ROUGE-L", "ROUGE-L"),
-)
+FIGURE_SERIES = tuple(("heated expected max toxicity (lower is better)", label, f"heated expected max ({label})")
+                      for label, _ in CLASSIFIERS) + (("ROUGE-L (higher is better)", "ROUGE-L", "ROUGE-L"),)
 
 
 def figure_spec(table: dict) -> dict:
     """Vega-Lite: per series, LoRA and PPO side by side, a bar at the mean over seeds and a dot per seed."""
     rows = [{"panel": panel, "series": series, "model": model, "run": run, "value": value,
              "mean": table[f"{model} {name}"]["mean"]}
-            for panel, series, name in FIGURE_SERIES for model in ("LoRA", "PPO")
+            for panel, series, name in FIGURE_SERIES for model in ("LoRA", "PPO") if f"{model} {name}" in table
             for run, value in table[f"{model} {name}"]["per_run"].items()]
     colour = {"field": "model", "type": "nominal", "scale": {"range": ["#8c8c8c", "#2b7bba"]}}
     x = {"field": "model", "type": "nominal", "title": None, "axis": {"labelAngle": 0}}
