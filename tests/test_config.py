@@ -162,7 +162,7 @@ def test_ppo_top_layers_must_be_positive():
 
 
 def test_classifier_kind_is_one_of_the_known_kinds():
-    with pytest.raises(ParamsError, match=r"classifier c\.kind.*profanity-check, hf, hatesonar, tox-block, got 'nonsense'"):
+    with pytest.raises(ParamsError, match=r"classifier c\.kind.*profanity-check, hf, hatesonar, tox-block, embedding-probe, got 'nonsense'"):
         build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "c", "kind": "nonsense"}]}, "evaluate")
     cfg = build_config(EvaluateConfig, {"toxicity_classifiers": [{"name": "c", "kind": "hatesonar"}]}, "evaluate")
     assert cfg.toxicity_classifiers[0].kind == "hatesonar"

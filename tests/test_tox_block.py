@@ -12,7 +12,12 @@ from detoxsum.config import ClassifierSpec, RewardSpec
 from detoxsum.errors import ModelLoadError, ParamsError
 from detoxsum.scoring.reward import build_reward_model, build_scorer
 from detoxsum.scoring.tox_block import (
-    LABELS, SEQUENCE_LENGTH, ToxBlock, WordEncoder, _TokenizerUnpickler, hard_sigmoid,
+    LABELS,
+    SEQUENCE_LENGTH,
+    ToxBlock,
+    WordEncoder,
+    _TokenizerUnpickler,
+    hard_sigmoid,
 )
 
 REFERENCE = Path(__file__).parent / "data" / "tox_block_reference.json"

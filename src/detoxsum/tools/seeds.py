@@ -38,21 +38,28 @@ CLASSIFIERS = (
     ("reward (tox-block insult)", "tox_block_insult"),
     ("judge: profanity-check", "profanity_check"),
     ("judge: worst word", "profanity_check_worst_word"),
+    ("judge: MiniLM probe", "minilm_probe"),
     ("judge: hatesonar", "hatesonar"),
 )
-# (label, path in metrics/evaluate.json) of the changes LoRA -> PPO that carry a detox claim; the
-# path of a change names its interval as <path>_ci_low / <path>_ci_high. Figures a run lacks (a
-# classifier it did not use) are left out of the table.
-CHANGES = tuple(
-    (f"{subset}: {figure}, {label}, {unit}", f"detox.{prefix}toxicity_{name}_{key}_change{suffix}")
-    for subset, prefix, figures in (("heated", "heated.", (("expected max", "expected_max"), ("probability", "probability"),
-                                                           ("greedy mean", "mean"))),
-                                    ("all", "", (("expected max", "expected_max"),)))
-    for figure, key in figures
-    for label, name in CLASSIFIERS
-    for unit, suffix in (("%", "_pct"), ("absolute", ""))
-    if unit == "%" or (subset, key) == ("heated", "expected_max")
-) + (("ROUGE-L change, points", "detox.rougeL_change"),)
+
+
+def detox_changes() -> tuple[tuple[str, str], ...]:
+    """(label, path in metrics/evaluate.json) of the changes LoRA -> PPO that carry a detox claim;
+    the path of a change names its interval as <path>_ci_low / <path>_ci_high, and figures a run
+    lacks (a classifier it did not use) are left out of the table. Per classifier: on the heated subset the expected max (relative and absolute), the
+    probability and the greedy mean (relative); on all dialogues the expected max; then ROUGE-L."""
+    rows = []
+    for figure, key, subset in (("expected max", "expected_max", "heated"), ("probability", "probability", "heated"),
+                                ("greedy mean", "mean", "heated"), ("expected max", "expected_max", "all")):
+        prefix = "detox.heated." if subset == "heated" else "detox."
+        for label, name in CLASSIFIERS:
+            rows.append((f"{subset}: {figure}, {label}, %", f"{prefix}toxicity_{name}_{key}_change_pct"))
+            if (subset, key) == ("heated", "expected_max"):
+                rows.append((f"{subset}: {figure}, {label}, absolute", f"{prefix}toxicity_{name}_{key}_change"))
+    return (*rows, ("ROUGE-L change, points", "detox.rougeL_change"))
+
+
+CHANGES = detox_changes()
 # (label, path) of each model's own figures; "{model}" is lora and ppo in turn.
 LEVEL_TEMPLATES = (
     ("ROUGE-L", "{model}.rougeL"),
@@ -62,7 +69,8 @@ LEVEL_TEMPLATES = (
     ("distinct-2, greedy", "{model}.distinct_2"),
     ("distinct-2, samples", "{model}.distinct_2_samples"),
 ) + tuple((f"heated {figure} ({label})", f"{{model}}.heated.toxicity_{name}_{key}")
-          for figure, key in (("expected max", "expected_max"), ("probability", "probability"))
+          for figure, key in (("expected max", "expected_max"), ("probability", "probability"),
+                              ("greedy mean", "mean"))
           for label, name in CLASSIFIERS)
 LEVELS = tuple((f"{model.upper() if model == 'ppo' else 'LoRA'} {label}", path.format(model=model))
                for label, path in LEVEL_TEMPLATES for model in ("lora", "ppo"))
