@@ -45,10 +45,10 @@ def assert_nothing_written(workdir):
 def test_unused_by_ppo_the_reward_model_is_not_trained_and_its_outputs_say_why(workdir):
     (workdir / "dvclive/train_reward/plots/metrics").mkdir(parents=True)
     (workdir / "dvclive/train_reward/plots/metrics/loss.tsv").write_text("step\tloss\n0\t1.0\n")  # an earlier model's
-    set_params(workdir, train="when_used")  # train_ppo.reward.kind is the committed profanity-check
+    set_params(workdir, train="when_used")  # train_ppo.reward.kind is the committed tox-block
     result = run_stage_module("train_reward", workdir)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "not trained" in result.stdout and "train_ppo.reward.kind is 'profanity-check'" in result.stdout
+    assert "not trained" in result.stdout and "train_ppo.reward.kind is 'tox-block'" in result.stdout
     notes = ("metrics/train_reward.json", "artifacts/reward/not_trained.json", "dvclive/train_reward/metrics.json",
              "dvclive/train_reward/plots/not_trained.json")
     for note in notes:

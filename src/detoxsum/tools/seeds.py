@@ -180,8 +180,9 @@ def markdown_table(table: dict, columns: list[str], summary_headers: list[str], 
 
 
 # The README figure: (panel, series label, figure name without its model prefix).
-FIGURE_SERIES = tuple(("heated expected max toxicity (lower is better)", label, f"heated expected max ({label})")
-                      for label, _ in CLASSIFIERS) + (("ROUGE-L (higher is better)", "ROUGE-L", "ROUGE-L"),)
+FIGURE_SERIES = tuple((f"heated {figure} toxicity (lower is better)", label, f"heated {figure} ({label})")
+                      for figure in ("greedy mean", "expected max") for label, _ in CLASSIFIERS) + (
+    ("ROUGE-L (higher is better)", "ROUGE-L", "ROUGE-L"),)
 
 
 def figure_spec(table: dict) -> dict:
@@ -195,14 +196,14 @@ def figure_spec(table: dict) -> dict:
     def panel_chart(panel: str) -> dict:
         return {"title": panel, "transform": [{"filter": {"field": "panel", "equal": panel}}],
                 "facet": {"column": {"field": "series", "type": "nominal", "title": None}},
-                "spec": {"width": 70, "height": 180, "layer": [
+                "spec": {"width": 95, "height": 150, "layer": [
                     {"mark": {"type": "bar", "opacity": 0.55},
                      "encoding": {"x": x, "y": {"aggregate": "mean", "field": "value", "type": "quantitative",
                                                 "title": None}, "color": colour}},
                     {"mark": {"type": "circle", "size": 28, "opacity": 0.9, "color": "black"},
                      "encoding": {"x": x, "y": {"field": "value", "type": "quantitative"}}}]}}
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"values": rows},
-            "hconcat": [panel_chart(FIGURE_SERIES[0][0]), panel_chart(FIGURE_SERIES[-1][0])],
+            "vconcat": [panel_chart(panel) for panel in dict.fromkeys(panel for panel, _, _ in FIGURE_SERIES)],
             "config": {"legend": {"disable": True}}}
 
 
