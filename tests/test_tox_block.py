@@ -18,6 +18,7 @@ from detoxsum.scoring.tox_block import (
     WordEncoder,
     _TokenizerUnpickler,
     hard_sigmoid,
+    installed_tox_block,
 )
 
 REFERENCE = Path(__file__).parent / "data" / "tox_block_reference.json"
@@ -96,6 +97,7 @@ def test_the_reward_is_minus_the_label_probability_or_its_log_odds(tox_block):
 ])
 def test_a_missing_package_is_one_error_naming_the_params_entry(monkeypatch, build, owner):
     monkeypatch.setattr("detoxsum.scoring.tox_block.find_spec", lambda name: None)
+    installed_tox_block.cache_clear()  # an instance loaded by an earlier test would hide the missing package
     with pytest.raises(ModelLoadError, match=rf"^{owner}: tox-block cannot load \(tox-block is not installed"):
         build()
 
@@ -109,3 +111,9 @@ def test_a_missing_package_is_one_error_naming_the_params_entry(monkeypatch, bui
 def test_a_bad_label_or_kind_names_its_key(make, key):
     with pytest.raises(ParamsError, match=rf"^params key '{key}'"):
         make()
+
+
+def test_a_judge_and_the_reward_in_one_process_share_one_loaded_model():
+    judge = build_scorer(ClassifierSpec(name="judge", kind="tox-block", label="toxic"))
+    reward = build_reward_model(RewardSpec(kind="tox-block", label="insult", output="prob"))
+    assert judge.model is reward.scorer.model

@@ -278,8 +278,7 @@ class ClassifierSpec:
             _require(bool(self.train_file), f"classifier {self.name}.train_file",
                      "is needed for kind 'embedding-probe' (labelled lines, e.g. data/calibration/judge_train.jsonl)")
         if self.kind == "tox-block":
-            _require(self.label in TOX_BLOCK_LABELS, f"classifier {self.name}.label",
-                     f"must be one of {', '.join(TOX_BLOCK_LABELS)} for kind 'tox-block', got {self.label!r}")
+            _require_tox_block_label(self.label, f"classifier {self.name}.label")
 
 
 @dataclass(frozen=True)
@@ -355,8 +354,7 @@ class RewardSpec:
         if self.kind == "hf":
             _require(bool(self.model) and bool(self.label), "train_ppo.reward", "kind 'hf' needs 'model' and 'label'")
         if self.kind == "tox-block":
-            _require(self.label in TOX_BLOCK_LABELS, "train_ppo.reward.label",
-                     f"must be one of {', '.join(TOX_BLOCK_LABELS)} for kind 'tox-block', got {self.label!r}")
+            _require_tox_block_label(self.label, "train_ppo.reward.label")
 
 
 @dataclass(frozen=True)
@@ -581,6 +579,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ParamsError(f"params key '{key}' must be {hint.__name__}, got {value!r}")
     raise ParamsError(f"params key '{key}': unsupported type {hint}")  # pragma: no cover
+
+
+def _require_tox_block_label(label: str | None, key: str) -> None:
+    """A tox-block judge and a tox-block reward name one of its six outputs alike."""
+    _require(label in TOX_BLOCK_LABELS, key,
+             f"must be one of {', '.join(TOX_BLOCK_LABELS)} for kind 'tox-block', got {label!r}")
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -274,9 +274,7 @@ def variant_metrics(texts: VariantSummaries, references: list[list[str]], toxici
         for scorer, scores in toxicity.items():
             for figure, values in scores.per_dialogue().items():
                 stats = mean_interval(pick(values, subset), draws)
-                key = f"toxicity_{scorer}_{figure}"
-                target.update({key: round(stats["mean"], 4), f"{key}_ci_low": round(stats["ci_low"], 4),
-                               f"{key}_ci_high": round(stats["ci_high"], 4)})
+                target.update(rounded_interval(f"toxicity_{scorer}_{figure}", stats))
     return block
 
 
@@ -286,12 +284,17 @@ def repetition_figures(texts: VariantSummaries, dialogues: list[int], cfg: Evalu
     per_dialogue = {"distinct_2": [distinct_ngrams(text) for text in texts.greedy]}
     if texts.samples is not None:
         per_dialogue["distinct_2_samples"] = [sum(map(distinct_ngrams, group)) / len(group) for group in texts.samples]
+    draws = subset_indices(dialogues, cfg, seed)
     figures = {}
     for key, values in per_dialogue.items():
-        stats = mean_interval(values, subset_indices(dialogues, cfg, seed))
-        figures.update({key: round(stats["mean"], 4), f"{key}_ci_low": round(stats["ci_low"], 4),
-                        f"{key}_ci_high": round(stats["ci_high"], 4)})
+        figures.update(rounded_interval(key, mean_interval(values, draws)))
     return figures
+
+
+def rounded_interval(key: str, stats: dict[str, float]) -> dict[str, float]:
+    """`key`, `key_ci_low` and `key_ci_high` of a `mean_interval`, to 4 decimals."""
+    return {key: round(stats["mean"], 4), f"{key}_ci_low": round(stats["ci_low"], 4),
+            f"{key}_ci_high": round(stats["ci_high"], 4)}
 
 
 def detox_metrics(summaries: dict[str, VariantSummaries], references: list[list[str]],

@@ -16,6 +16,7 @@ the probabilities against the package's own under TensorFlow (tests/data/tox_blo
 
 from __future__ import annotations
 
+import functools
 import pickle
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from detoxsum.config import TOX_BLOCK_LABELS as LABELS
-from detoxsum.errors import ModelLoadError
+from detoxsum.errors import ModelLoadError, first_line
 
 VERSION = "0.1.2"
 WORDS_KEPT = 20_000  # the tokenizer's num_words: indices from 1 to 19,999
@@ -176,13 +177,19 @@ class ToxBlock:
         return torch.cat(chunks) if chunks else torch.zeros(0, len(LABELS))
 
 
+@functools.lru_cache(maxsize=1)
+def installed_tox_block() -> ToxBlock:
+    """One tox-block per process: calibrate uses it as a judge and as PPO's reward, and each load
+    reads the 16 MB word index again. Read-only once built, so the scorers can share it."""
+    return ToxBlock()
+
+
 def load_tox_block(owner: str) -> ToxBlock:
     """tox-block, or one error line naming the params entry (`owner`) that asked for it."""
     try:
-        return ToxBlock()
+        return installed_tox_block()
     except (ModelLoadError, OSError, pickle.UnpicklingError, KeyError, ImportError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"{owner}: tox-block cannot load ({reason})") from exc
+        raise ModelLoadError(f"{owner}: tox-block cannot load ({first_line(exc)})") from exc
 
 
 class ToxBlockScorer:
