@@ -4,12 +4,14 @@ labelled lines, and the errors a bad calibration file gives (one line naming fil
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 from pipeline import REPO, run_stage_module
+from sklearn.metrics import roc_auc_score
 
 from detoxsum.errors import DataError
-from detoxsum.scoring.calibration import calibration_figures, read_calibration_set
+from detoxsum.scoring.calibration import auc, calibration_figures, read_calibration_set
 
 
 def test_a_classifier_that_ranks_every_insult_first_scores_auc_one_and_a_constant_one_is_flagged():
@@ -21,6 +23,15 @@ def test_a_classifier_that_ranks_every_insult_first_scores_auc_one_and_a_constan
     assert flat["auc"] == 0.5 and flat["near_chance"] and flat["floor"] == pytest.approx(0.3)
     backwards = calibration_figures([0.1, 0.2, 0.9, 0.8, 0.7], is_insult, resamples=200, seed=0)
     assert backwards["auc"] == 0.0 and backwards["near_chance"]
+
+
+def test_auc_equals_sklearns_with_ties_for_one_set_and_for_a_stack_of_resamples():
+    rng = np.random.default_rng(0)
+    insults, clean = rng.integers(0, 5, (30, 12)) / 4, rng.integers(0, 4, (30, 20)) / 4  # coarse scores: many ties
+    labels = np.r_[np.ones(12), np.zeros(20)]
+    expected = [roc_auc_score(labels, np.r_[i, c]) for i, c in zip(insults, clean)]
+    assert auc(insults, clean) == pytest.approx(expected, abs=1e-12)
+    assert auc(insults[0], clean[0]) == pytest.approx(expected[0], abs=1e-12)
 
 
 def test_a_bad_label_names_the_file_and_the_line(tmp_path):

@@ -43,9 +43,11 @@ def test_a_probe_fitted_on_a_dozen_lines_ranks_unseen_insults_above_unseen_clean
     assert all(0.0 <= score <= 1.0 for score in scores)
 
 
-def test_a_batch_scores_as_each_text_alone_and_nothing_scores_nothing(train_file):
+def test_a_batch_scores_as_each_text_alone_and_nothing_scores_nothing(train_file, monkeypatch):
+    monkeypatch.setattr("detoxsum.scoring.embedding_probe.BATCH", 2)  # batches run by length: several here
     scorer = probe(train_file)
-    texts = ["You absolute moron.", "Thanks for the lift, see you soon."]
+    texts = ["Thanks for the lift, see you soon, and say hello to your sister from me.", "You absolute moron.",
+             "Fine.", "#Person1# calls #Person2# a lazy freeloader.", "OK then."]
     assert scorer.score(texts) == pytest.approx([scorer.score([text])[0] for text in texts], abs=1e-5)
     assert scorer.score([]) == []
 

@@ -36,6 +36,7 @@ def test_a_stage_writes_its_wall_time_and_flops_and_a_failed_one_writes_nothing(
     written = json.loads((tmp_path / "ok.json").read_text())
     assert written["tflop"] == round(2 * 100 * 10 * 10 / 1e12, 3) and written["wall_s"] >= 0
     assert written["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert written["peak_rss_gb"] > 0.1  # this process holds torch at least
 
     with pytest.raises(RuntimeError), StageTimer(tmp_path / "failed.json"):
         raise RuntimeError("the stage failed")
@@ -43,10 +44,14 @@ def test_a_stage_writes_its_wall_time_and_flops_and_a_failed_one_writes_nothing(
 
 
 def test_the_report_sums_the_stages_and_holds_them_to_the_budget():
-    timings = {"train": {"wall_s": 100.0, "tflop": 10.0}, "generate": {"wall_s": 300.0, "tflop": 20.0}}
+    timings = {"train": {"wall_s": 100.0, "tflop": 10.0, "peak_rss_gb": 2.5, "processes": 2},
+               "generate": {"wall_s": 300.0, "tflop": 20.0, "peak_rss_gb": 3.0, "peak_gpu_gb": 1.25},
+               "old": {"wall_s": 0.0, "tflop": 0.0}}  # written before peak memory was recorded
     table, within = report(timings, peak_gflops=100.0, native_bf16=False)
-    assert "| train | 100 | 25% | 10.00 | 100 | 100% | 100 |" in table
-    assert "| **all** | **400** | 100% | **30.00** | 75 |" in table
+    assert "| train | 100 | 25% | 10.00 | 100 | 100% | 100 | 5.0 |" in table  # two processes, a model each
+    assert "| generate | 300 | 75% | 20.00 | 67 | 67% | 200 | 3.0, GPU 1.2 |" in table
+    assert "| old | 0 | 0% | 0.00 | 0 | 0% | 0 | ? |" in table
+    assert "| **all** | **400** | 100% | **30.00** | 75 | 75% | 300 | **5.0** (most of any stage) |" in table
     assert within  # 400 s against 1.5 x the 300 s floor
     _, within = report(timings, peak_gflops=50.0, native_bf16=True)
     assert within  # 400 s against 10 minutes

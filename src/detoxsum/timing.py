@@ -3,8 +3,9 @@
 Every stage runs inside `StageTimer` (`outputs.run_stage`), which counts the FLOPs of every
 `nn.Linear` call in the process (one global forward hook: 2 x rows x in x out, times 2 when the
 input needs a gradient and 3 when the weight does, for the backward pass) and writes
-`metrics/timing/<stage>.json`: wall time, FLOPs, the precision the stage computed in and the
-machine's CPU capability. The linear layers are nearly all of a transformer's arithmetic; what is
+`metrics/timing/<stage>.json`: wall time, FLOPs, the peak memory of the process (resident set,
+and on a GPU the most torch allocated), the precision the stage computed in and the machine's CPU
+capability. The linear layers are nearly all of a transformer's arithmetic; what is
 left out is the attention-score products (4 x context x width per token and layer: ~10 % more at
 the default's ~300-token prompts) and everything that is no matmul.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -96,9 +98,22 @@ class StageTimer:
             # Under `accelerate launch` each process counts its own share; the shares are equal.
             "tflop": round(self.counter.flops * self.processes / 1e12, 3),
             "processes": self.processes,
+            **peak_memory_gb(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": cpu_has_native_bf16(),
         })
+
+
+def peak_memory_gb() -> dict[str, float]:
+    """This process's peak resident memory since it started (imports and model loads included), in
+    GB, and on a CUDA device the most torch allocated there. Under `accelerate launch` each process
+    holds its own copy of the model: `processes` x this is the stage's footprint."""
+    kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # Linux reports KiB
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak = {"peak_rss_gb": round(kilobytes * 1024 / 1e9, 2)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return peak
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -134,18 +149,34 @@ def report(timings: dict[str, dict], peak_gflops: float, native_bf16: bool) -> t
     total_tflop = sum(entry["tflop"] for entry in timings.values())
     floor_s = total_tflop * 1e3 / peak_gflops
     budget_s = NATIVE_BF16_BUDGET_S if native_bf16 else FLOOR_MULTIPLE * floor_s
-    lines = ["| stage | wall s | share | TFLOP | GFLOP/s | of peak | floor s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | wall s | share | TFLOP | GFLOP/s | of peak | floor s | peak memory GB |",
+             "|---|---|---|---|---|---|---|---|"]
     for stage, entry in timings.items():
         rate = entry["tflop"] * 1e3 / entry["wall_s"] if entry["wall_s"] else 0.0
         lines.append(f"| {stage} | {entry['wall_s']:.0f} | {entry['wall_s'] / max(total_s, 1e-9):.0%} | "
                      f"{entry['tflop']:.2f} | {rate:.0f} | {rate / peak_gflops:.0%} | "
-                     f"{entry['tflop'] * 1e3 / peak_gflops:.0f} |")
+                     f"{entry['tflop'] * 1e3 / peak_gflops:.0f} | {stage_memory(entry)} |")
+    peaks = [stage_memory_gb(entry) for entry in timings.values() if "peak_rss_gb" in entry]
     lines.append(f"| **all** | **{total_s:.0f}** | 100% | **{total_tflop:.2f}** | {total_tflop * 1e3 / max(total_s, 1e-9):.0f} "
-                 f"| {total_tflop * 1e3 / max(total_s, 1e-9) / peak_gflops:.0%} | {floor_s:.0f} |")
+                 f"| {total_tflop * 1e3 / max(total_s, 1e-9) / peak_gflops:.0%} | {floor_s:.0f} | "
+                 f"{f'**{max(peaks):.1f}** (most of any stage)' if peaks else '?'} |")
     rule = ("10 min (native bf16)" if native_bf16 else f"{FLOOR_MULTIPLE}x the compute floor of {floor_s:.0f} s")
     lines.append("")
     lines.append(f"total {total_s / 60:.1f} min of stage time against a budget of {budget_s / 60:.1f} min: {rule}")
     return "\n".join(lines), total_s <= budget_s
+
+
+def stage_memory_gb(entry: dict) -> float:
+    """A stage's resident memory at its peak: its processes' together (each holds the model)."""
+    return entry["peak_rss_gb"] * entry.get("processes", 1)
+
+
+def stage_memory(entry: dict) -> str:
+    """The peak-memory cell: resident GB (and the GPU's); '?' for a file written before it was recorded."""
+    if "peak_rss_gb" not in entry:
+        return "?"
+    gpu = f", GPU {entry['peak_gpu_gb']:.1f}" if "peak_gpu_gb" in entry else ""
+    return f"{stage_memory_gb(entry):.1f}{gpu}"
 
 
 def main(argv: list[str] | None = None) -> int:

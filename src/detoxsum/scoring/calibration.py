@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import mannwhitneyu
 
 from detoxsum.data.dialogue_files import decoded_json_lines
 from detoxsum.errors import DataError
@@ -55,8 +55,8 @@ def calibration_figures(scores: list[float], is_insult: list[bool], resamples: i
     values, flags = np.asarray(scores, dtype=float), np.asarray(is_insult, dtype=bool)
     insults, clean = values[flags], values[~flags]
     rng = np.random.default_rng(seed)
-    aucs = [auc(rng.choice(insults, len(insults)), rng.choice(clean, len(clean))) for _ in range(resamples)]
-    low, high = np.percentile(aucs, [2.5, 97.5])
+    draws = [(rng.choice(insults, len(insults)), rng.choice(clean, len(clean))) for _ in range(resamples)]
+    low, high = np.percentile(auc(*map(np.stack, zip(*draws))), [2.5, 97.5])
     figures = {"auc": round(auc(insults, clean), 4), "auc_ci_low": round(float(low), 4),
                "auc_ci_high": round(float(high), 4), "floor": round(float(clean.mean()), 4),
                "insult_mean": round(float(insults.mean()), 4)}
@@ -64,6 +64,12 @@ def calibration_figures(scores: list[float], is_insult: list[bool], resamples: i
     return figures
 
 
-def auc(insult_scores: np.ndarray, clean_scores: np.ndarray) -> float:
-    labels = np.r_[np.ones(len(insult_scores)), np.zeros(len(clean_scores))]
-    return float(roc_auc_score(labels, np.r_[insult_scores, clean_scores]))
+def auc(insult_scores: np.ndarray, clean_scores: np.ndarray) -> float | np.ndarray:
+    """ROC AUC of insult vs clean scores (the last axis; earlier axes are separate sets, one per
+    bootstrap resample): the Mann-Whitney U of the insults over n_insult x n_clean, i.e. the chance
+    that an insult outscores a clean line, ties counting half. One vectorised call for every
+    resample, where sklearn's `roc_auc_score` once per resample spent ~3 s a classifier in input
+    validation."""
+    areas = mannwhitneyu(insult_scores, clean_scores, axis=-1, method="asymptotic").statistic
+    areas = areas / (insult_scores.shape[-1] * clean_scores.shape[-1])
+    return float(areas) if np.ndim(areas) == 0 else areas
