@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "src", "data/sample", "data/preferences", "data/calibration",
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "src", "data/sample", "data/preferences", "data/calibration",
                  "recipes"]
 
 

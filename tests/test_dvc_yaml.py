@@ -91,6 +91,10 @@ def test_editing_a_dataset_outside_the_repo_reruns_fetch_and_a_hub_dataset_still
     init_repo(project)
     run(["dvc", "repro", "fetch"], project)
     assert "changed" not in run(["dvc", "status", "fetch"], project).stdout
+    bytecode = project / "src" / "detoxsum" / "data" / "__pycache__" / "sources.cpython-311.pyc"
+    bytecode.parent.mkdir(exist_ok=True)
+    bytecode.write_bytes(b"written by an import")  # as running a stage does, unless bytecode is off
+    assert "changed" not in run(["dvc", "status", "fetch"], project).stdout, "bytecode made fetch stale"
     fetched = json.loads((project / "metrics" / "fetch.json").read_text())
     assert fetched["rows"]["train"] > 0
     assert fetched["dataset"] == {"source": str(outside), "kind": "local", "revision": None}

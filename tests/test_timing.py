@@ -1,12 +1,15 @@
-"""timing.py: the FLOPs of linear layers, the per-stage timing files, and the budget table."""
+"""stage_cost.py and timing.py: the FLOPs of linear layers, the per-stage timing files, and the budget table."""
 
 import json
+import platform
+import sys
 
 import pytest
 import torch
 
 from detoxsum.outputs import run_stage
-from detoxsum.timing import FlopCounter, StageTimer, main, read_timings, report
+from detoxsum.stage_cost import FlopCounter, StageTimer, keep_freed_memory
+from detoxsum.timing import main, read_timings, report
 
 
 def test_a_linear_layer_counts_its_product_and_its_backward_passes():
@@ -62,7 +65,16 @@ def test_the_report_sums_the_stages_and_holds_them_to_the_budget():
 def test_the_command_reads_every_stage_file_and_warns_without_failing_on_an_overrun(tmp_path, capsys):
     (tmp_path / "fetch.json").write_text(json.dumps({"wall_s": 5000.0, "tflop": 0.001}))
     assert list(read_timings(tmp_path)) == ["fetch"]
+    (tmp_path / "evaluate.json").write_text(json.dumps({"wall_s": 1.0, "tflop": 0.0}))
+    (tmp_path / "extra.json").write_text(json.dumps({"wall_s": 1.0, "tflop": 0.0}))
+    (tmp_path / "train.json").write_text(json.dumps({"wall_s": 1.0, "tflop": 0.0}))  # copied last: newest
+    assert list(read_timings(tmp_path, ["fetch", "train", "evaluate"])) == ["fetch", "train", "evaluate", "extra"]
     assert main(["--folder", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| fetch | 5000 |" in out and "warning: the pipeline ran over its budget" in out
     assert main(["--folder", str(tmp_path / "none")]) == 1
+
+
+def test_a_stage_keeps_freed_memory_where_glibc_allocates():
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc  # mallopt accepted both settings (it returns 0 on a bad one)

@@ -179,8 +179,9 @@ def run_stage(main: Callable[[], None], timing_file: Path | None = None) -> None
     process that did the work: process 0 of a parallel run (the launching process leaves by
     SystemExit, which writes nothing)."""
     from detoxsum.distributed import rank_and_world
-    from detoxsum.timing import StageTimer
+    from detoxsum.stage_cost import StageTimer, keep_freed_memory
 
+    keep_freed_memory()
     rank, world = rank_and_world()
     timer = StageTimer(timing_file, world) if timing_file is not None and rank == 0 else contextlib.nullcontext()
     try:

@@ -1,13 +1,7 @@
-"""What each stage cost: wall time and matmul FLOPs, and the table that holds them to the budget.
+"""What each stage cost, as a table that holds the pipeline to its budget.
 
-Every stage runs inside `StageTimer` (`outputs.run_stage`), which counts the FLOPs of every
-`nn.Linear` call in the process (one global forward hook: 2 x rows x in x out, times 2 when the
-input needs a gradient and 3 when the weight does, for the backward pass) and writes
-`metrics/timing/<stage>.json`: wall time, FLOPs, the peak memory of the process (resident set,
-and on a GPU the most torch allocated), the precision the stage computed in and the machine's CPU
-capability. The linear layers are nearly all of a transformer's arithmetic; what is
-left out is the attention-score products (4 x context x width per token and layer: ~10 % more at
-the default's ~300-token prompts) and everything that is no matmul.
+Every stage writes `metrics/timing/<stage>.json` (`stage_cost.StageTimer`): its wall time, the
+FLOPs of its matmuls, its peak memory and the machine's CPU capability. This command reads them.
 
     python -m detoxsum.timing            # after dvc repro: per stage wall time, TFLOP, GFLOP/s,
                                          # share of this machine's matmul peak, total vs the budget
@@ -24,99 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from detoxsum.precision import DTYPES, Machine, cpu_has_native_bf16, default_device
+from detoxsum.precision import DTYPES, Machine, default_device
 
 # `time make repro` budget of the default where bf16 is native (seconds), and elsewhere the allowed
 # multiple of the compute floor.
 NATIVE_BF16_BUDGET_S = 600.0
 FLOOR_MULTIPLE = 1.5
 PEAK_SHAPE = (2048, 576, 1536)  # rows, in, out: SmolLM2-135M's MLP up-projection for 2048 tokens
-
-
-def linear_flops(rows: int, layer: torch.nn.Linear, input_needs_grad: bool) -> int:
-    """FLOPs of one `layer` call on `rows` input rows: the product itself (2 x rows x in x out),
-    and with autograd on, the input's gradient (the same again) and the weight's (the same again)."""
-    one_pass = 2 * rows * layer.in_features * layer.out_features
-    if not torch.is_grad_enabled():
-        return one_pass
-    return one_pass * (1 + int(input_needs_grad) + int(layer.weight.requires_grad))
-
-
-class FlopCounter:
-    """Counts the FLOPs of every `nn.Linear` call while open (see `linear_flops`)."""
-
-    def __init__(self):
-        self.flops = 0
-        self.handle = None
-
-    def hook(self, module, inputs, _output) -> None:
-        if isinstance(module, torch.nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
-            features = inputs[0]
-            rows = features.numel() // max(features.shape[-1], 1)
-            self.flops += linear_flops(rows, module, features.requires_grad)
-
-    def __enter__(self) -> FlopCounter:
-        self.handle = torch.nn.modules.module.register_module_forward_hook(self.hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
-
-
-@dataclass
-class StageTimer:
-    """Wall time and FLOPs of one stage run: `with StageTimer(path) as timer: ...` writes `path`
-    when the block ends without an error (a failed run leaves the last good figures)."""
-
-    path: Path
-    processes: int = 1
-
-    def __enter__(self) -> StageTimer:
-        self.counter = FlopCounter().__enter__()
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        wall_s = time.perf_counter() - self.started
-        self.counter.__exit__()
-        if exc_type is None:
-            self.write(wall_s)
-
-    def write(self, wall_s: float) -> None:
-        from detoxsum.outputs import write_json_atomic
-
-        write_json_atomic(self.path, {
-            "wall_s": round(wall_s, 1),
-            # Under `accelerate launch` each process counts its own share; the shares are equal.
-            "tflop": round(self.counter.flops * self.processes / 1e12, 3),
-            "processes": self.processes,
-            **peak_memory_gb(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": cpu_has_native_bf16(),
-        })
-
-
-def peak_memory_gb() -> dict[str, float]:
-    """This process's peak resident memory since it started (imports and model loads included), in
-    GB, and on a CUDA device the most torch allocated there. Under `accelerate launch` each process
-    holds its own copy of the model: `processes` x this is the stage's footprint."""
-    kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # Linux reports KiB
-                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    peak = {"peak_rss_gb": round(kilobytes * 1024 / 1e9, 2)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
-    return peak
-
-
-# --- the report ---------------------------------------------------------------------------------
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
@@ -136,11 +50,22 @@ def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
     return 2 * rows * inner * cols / min(times[3:]) / 1e9
 
 
-def read_timings(folder: Path) -> dict[str, dict]:
-    """Every stage's timing file in `folder`, by stage name, in the order stages run (dvc.yaml's
-    order is not known here, so by file modification time)."""
+def read_timings(folder: Path, stage_order: list[str] | None = None) -> dict[str, dict]:
+    """Every stage's timing file in `folder`, by stage name: in `stage_order` (dvc.yaml's), then any
+    other by file modification time (a checkout or a copy resets those, so they are the fallback)."""
     files = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
+    rank = {stage: index for index, stage in enumerate(stage_order or [])}
+    files.sort(key=lambda path: rank.get(path.stem, len(rank)))  # stable: the rest keep their time order
     return {path.stem: json.loads(path.read_text()) for path in files}
+
+
+def dvc_stage_order(dvc_yaml: Path) -> list[str]:
+    """The stages of `dvc_yaml` in the order it lists them (empty where there is no such file)."""
+    if not dvc_yaml.is_file():
+        return []
+    import yaml
+
+    return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
 
 
 def report(timings: dict[str, dict], peak_gflops: float, native_bf16: bool) -> tuple[str, bool]:
@@ -185,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-stage wall time and FLOPs of the last dvc repro, against the budget.")
     parser.add_argument("--folder", type=Path, default=TIMING_DIR, help="where the stages wrote their timing files")
     args = parser.parse_args(argv)
-    timings = read_timings(args.folder)
+    timings = read_timings(args.folder, dvc_stage_order(Path("dvc.yaml")))
     if not timings:
         print(f"error: no timing files in {args.folder}; run dvc repro first", file=sys.stderr)
         return 1
