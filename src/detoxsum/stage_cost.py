@@ -9,7 +9,8 @@ nearly all of a transformer's arithmetic; what is left out is the attention-scor
 (4 x context x width per token and layer: ~10 % more at the default's ~300-token prompts) and
 everything that is no matmul.
 
-`keep_freed_memory` lowers the first of those costs: every stage calls it before its work.
+`keep_freed_memory` lowers the wall time of stages that allocate large blocks: every stage calls
+it before its work.
 
 Every stage imports this module, so it is a dependency of each in dvc.yaml; the table that reads
 the files (`python -m detoxsum.timing`) lives apart, so editing it reruns nothing.
@@ -42,7 +43,7 @@ def keep_freed_memory() -> bool:
     By default glibc maps every block over a dynamic threshold (at most 32 MiB) afresh and returns
     it on free, and trims the heap's top when more than 128 KiB are free there. A LoRA training
     step of the default (8 x ~430 tokens through 30 layers) allocates ~6 GB of activations and frees
-    them, so each step faulted those pages in anew, zeroed by the kernel: a third of its CPU time
+    them, so each step faulted those pages in anew, zeroed by the kernel: 28 % of its CPU time
     went to the system. Kept, a steady step took 8.3-9.2 s against 11.2-11.8 s (SmolLM2-135M,
     2-core Xeon, fp32), with the same peak memory. Allocation never changes what is computed.
     """
