@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from detoxsum.precision import DTYPES, Machine, default_device
 
@@ -63,8 +64,6 @@ def dvc_stage_order(dvc_yaml: Path) -> list[str]:
     """The stages of `dvc_yaml` in the order it lists them (empty where there is no such file)."""
     if not dvc_yaml.is_file():
         return []
-    import yaml
-
     return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
 
 

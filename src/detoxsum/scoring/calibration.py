@@ -57,19 +57,18 @@ def calibration_figures(scores: list[float], is_insult: list[bool], resamples: i
     rng = np.random.default_rng(seed)
     draws = [(rng.choice(insults, len(insults)), rng.choice(clean, len(clean))) for _ in range(resamples)]
     low, high = np.percentile(auc(*map(np.stack, zip(*draws))), [2.5, 97.5])
-    figures = {"auc": round(auc(insults, clean), 4), "auc_ci_low": round(float(low), 4),
+    figures = {"auc": round(float(auc(insults, clean)), 4), "auc_ci_low": round(float(low), 4),
                "auc_ci_high": round(float(high), 4), "floor": round(float(clean.mean()), 4),
                "insult_mean": round(float(insults.mean()), 4)}
     figures["near_chance"] = bool(figures["auc_ci_low"] < NEAR_CHANCE_AUC)
     return figures
 
 
-def auc(insult_scores: np.ndarray, clean_scores: np.ndarray) -> float | np.ndarray:
+def auc(insult_scores: np.ndarray, clean_scores: np.ndarray) -> np.ndarray:
     """ROC AUC of insult vs clean scores (the last axis; earlier axes are separate sets, one per
     bootstrap resample): the Mann-Whitney U of the insults over n_insult x n_clean, i.e. the chance
     that an insult outscores a clean line, ties counting half. One vectorised call for every
     resample, where sklearn's `roc_auc_score` once per resample spent ~3 s a classifier in input
     validation."""
-    areas = mannwhitneyu(insult_scores, clean_scores, axis=-1, method="asymptotic").statistic
-    areas = areas / (insult_scores.shape[-1] * clean_scores.shape[-1])
-    return float(areas) if np.ndim(areas) == 0 else areas
+    statistic = mannwhitneyu(insult_scores, clean_scores, axis=-1, method="asymptotic").statistic
+    return statistic / (insult_scores.shape[-1] * clean_scores.shape[-1])
