@@ -60,6 +60,8 @@ def apply_adapters(model, adapters: list[str | Path], merge_all: bool = False):
     unless `merge_all`. Inference merges every LoRA adapter: a live LoRA adds two small matmuls to
     each adapted projection for every generated token, a merged one costs nothing. A soft prompt
     (prompt tuning) has no weights to merge into: it stays a live peft model, and can only come last."""
+    if not adapters:
+        return model  # the base model: no peft import (~2 s with bitsandbytes)
     from peft import PeftModel
 
     for position, adapter in enumerate(adapters):

@@ -18,6 +18,8 @@ peft's own generate) and a cache that cannot drop rows (sliding-window or static
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -75,13 +77,18 @@ class Uniforms:
 def decodes_plainly(model) -> bool:
     """Whether `decode` can stand in for `model.generate`: no live peft model, a cache whose rows can
     be dropped, and no logits processors in the model's generation config."""
-    from peft import PeftModel
-
     config = getattr(model, "generation_config", None)
-    if isinstance(model, PeftModel) or config is None or config.cache_implementation is not None:
+    if is_peft_model(model) or config is None or config.cache_implementation is not None:
         return False
     default = GenerationConfig()
     return all(getattr(config, key, None) == getattr(default, key, None) for key in PROCESSOR_SETTINGS)
+
+
+def is_peft_model(model) -> bool:
+    """Whether `model` is a live peft model. Without peft imported it cannot be one: the base model's
+    generate stage merges no adapter and so never pays peft's import (~2 s with bitsandbytes)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 @torch.no_grad()

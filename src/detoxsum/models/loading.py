@@ -10,15 +10,17 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
     AutoConfig,
     AutoTokenizer,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+if TYPE_CHECKING:  # importing it loads transformers' modeling code (~2 s), which filter and tokenize never run
+    from transformers import PreTrainedModel
 
 from detoxsum.config import EMBEDDED_MODEL
 from detoxsum.errors import ModelLoadError, first_line

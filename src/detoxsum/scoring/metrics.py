@@ -14,7 +14,6 @@ import statistics
 from functools import lru_cache
 
 import numpy as np
-from rouge_score import rouge_scorer, tokenizers
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -25,20 +24,25 @@ def _sentences_per_line(text: str) -> str:
     return "\n".join(part for part in _SENTENCE_END.split(text.strip()) if part)
 
 
-class _RememberingTokenizer(tokenizers.Tokenizer):
-    """rouge-score's own tokenizer (lower-cased words, Porter-stemmed), each text's tokens kept: the
-    references are scored against every model's summaries, and stemming them again each time was
-    ~3 s of evaluate's ~15 (the tokens are a pure function of the text)."""
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    """rouge-score's scorer, built on first use: rouge-score imports nltk (~1 s of a stage's start),
+    and the generate and train_ppo stages import this module without ever scoring ROUGE.
 
-    def __init__(self):
-        stemming = tokenizers.DefaultTokenizer(use_stemmer=True)
-        self._tokens = lru_cache(maxsize=None)(lambda text: tuple(stemming.tokenize(text)))
+    Its tokenizer is rouge-score's own (lower-cased words, Porter-stemmed) with each text's tokens
+    kept: the references are scored against every model's summaries, and stemming them again each
+    time was ~3 s of evaluate's ~15 (the tokens are a pure function of the text)."""
+    from rouge_score import rouge_scorer, tokenizers
 
-    def tokenize(self, text: str) -> list[str]:
-        return list(self._tokens(text))
+    class RememberingTokenizer(tokenizers.Tokenizer):
+        def __init__(self):
+            stemming = tokenizers.DefaultTokenizer(use_stemmer=True)
+            self._tokens = lru_cache(maxsize=None)(lambda text: tuple(stemming.tokenize(text)))
 
+        def tokenize(self, text: str) -> list[str]:
+            return list(self._tokens(text))
 
-_SCORER = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=_RememberingTokenizer())
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=RememberingTokenizer())
 
 
 def rouge_per_dialogue(predictions: list[str], references: list[list[str]]) -> dict[str, dict[str, list[float]]]:
@@ -52,7 +56,7 @@ def rouge_per_dialogue(predictions: list[str], references: list[list[str]]) -> d
     pairs = {rouge_type: [] for rouge_type in ROUGE_TYPES}
     for prediction, refs in zip(predictions, references):
         target = _sentences_per_line(prediction)
-        per_reference = [_SCORER.score(_sentences_per_line(r), target) for r in refs]
+        per_reference = [_rouge_scorer().score(_sentences_per_line(r), target) for r in refs]
         for rouge_type in ROUGE_TYPES:
             f1 = [100 * scores[rouge_type].fmeasure for scores in per_reference]
             best[rouge_type].append(max(f1))

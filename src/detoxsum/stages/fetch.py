@@ -10,7 +10,7 @@ to the exact model and data it started from.
 
 from importlib.metadata import version
 
-from transformers import set_seed
+from accelerate.utils import set_seed
 
 from detoxsum.config import EMBEDDED_MODEL, FetchConfig, load_stage_config, looks_local
 from detoxsum.data.sources import hub_commit, load_raw_splits

@@ -12,7 +12,7 @@ With `base.num_processes` > 1 the dialogues are shared out among processes (`acc
 
 import sys
 
-from transformers import set_seed
+from accelerate.utils import set_seed
 
 from detoxsum.config import load_stage_config
 from detoxsum.data.sources import read_jsonl_split

@@ -11,8 +11,8 @@ from the last one (see checkpoints.py), and they are removed once the adapter is
 
 import contextlib
 
+from accelerate.utils import set_seed
 from datasets import load_from_disk
-from transformers import set_seed
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint
 from detoxsum.config import load_stage_config

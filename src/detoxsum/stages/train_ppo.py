@@ -17,7 +17,8 @@ the adapter goes on it. A soft prompt (`prompt_tuning`) is refused before anythi
 
 import time
 
-from transformers import AutoConfig, set_seed
+from accelerate.utils import set_seed
+from transformers import AutoConfig
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint, folder_digest
 from detoxsum.config import RewardSpec, load_stage_config

@@ -22,7 +22,7 @@ the summary in one pass.
 import sys
 import time
 
-from transformers import set_seed
+from accelerate.utils import set_seed
 
 from detoxsum.config import load_stage_config
 from detoxsum.data.preferences import load_preference_pairs, split_by_dialogue
