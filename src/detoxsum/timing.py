@@ -54,9 +54,8 @@ def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
 def read_timings(folder: Path, stage_order: list[str] | None = None) -> dict[str, dict]:
     """Every stage's timing file in `folder`, by stage name: in `stage_order` (dvc.yaml's), then any
     other by file modification time (a checkout or a copy resets those, so they are the fallback)."""
-    files = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
     rank = {stage: index for index, stage in enumerate(stage_order or [])}
-    files.sort(key=lambda path: rank.get(path.stem, len(rank)))  # stable: the rest keep their time order
+    files = sorted(folder.glob("*.json"), key=lambda path: (rank.get(path.stem, len(rank)), path.stat().st_mtime))
     return {path.stem: json.loads(path.read_text()) for path in files}
 
 
