@@ -1,6 +1,6 @@
 """End to end: real `dvc repro`, `dvc exp run` and a queued sweep on a copy of the repo with tiny
-models of both families. T5 runs train_lora and generation on two processes (`accelerate launch
---cpu`, gloo); Llama runs on one and goes on to experiments and the MLflow registry.
+models of both families. T5 runs train_lora and generation on two processes (torch's launcher,
+gloo); Llama runs on one and goes on to experiments and the MLflow registry.
 
 Each `dvc repro` of the tiny pipeline spends most of its minute or so importing torch and
 transformers once per stage, so the checks share as few repros as they can."""
@@ -203,9 +203,12 @@ def check_outputs(project, family):
 
 
 def check_two_processes_wrote_what_one_would(project):
-    """train_lora and the generate stages ran under `accelerate launch` on 2 processes: the same files
-    as one process, written once, every test dialogue summarized once and in order."""
+    """train_lora and the generate stages ran on 2 processes (the world size each process was
+    launched into, not the params key): the same files as one process, written once, every test
+    dialogue summarized once and in order."""
     assert read_json(project / "metrics" / "train_lora.json")["num_processes"] == 2
+    for stage in ("train_lora", "generate_base", "generate_lora", "generate_ppo"):
+        assert read_json(project / "metrics" / "timing" / f"{stage}.json")["processes"] == 2, stage
     loss_rows = (project / "dvclive" / "train_lora" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     steps = [row.split("\t")[0] for row in loss_rows[1:]]
     assert steps and len(steps) == len(set(steps))  # rank 0 alone logged: no step twice

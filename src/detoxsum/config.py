@@ -34,7 +34,7 @@ class BaseConfig:
     # auto | fp32 | bf16 | fp16, resolved on the machine that runs the stage (see precision.py):
     # auto takes bf16 where the device computes it natively, else fp16 (CUDA, decoder-only) or fp32.
     precision: str = "auto"
-    # Processes for train_lora and evaluate's generation (`accelerate launch`, data parallel): one
+    # Processes for train_lora and evaluate's generation (data parallel, distributed.py): one
     # per GPU, or CPU processes on a machine without one. PPO always runs in one process.
     num_processes: int = 1
 

@@ -1,13 +1,14 @@
-"""Data-parallel runs on several processes through `accelerate launch`, for train_lora and generation.
+"""Data-parallel runs on several processes, for train_lora and generation.
 
 A stage calls `relaunch_if_parallel(base.num_processes, module)` first. With one process it returns
 and the stage runs as usual. With N > 1 it checks that N devices exist (GPUs, or CPU cores on a
-machine without one), runs `accelerate launch --num_processes N [--cpu] -m <module> <args>` and exits
-with its status; each launched process then runs the same stage with `accelerate`'s environment
-(rank, world size; gloo on CPUs, NCCL on GPUs). transformers' Trainer shards the batches and
-all-reduces the gradients by itself; generation shards the dialogues (`shard`, `gather`). Files and
-DVCLive curves are written by rank 0 only (`is_main_process`), so the results look the same
-whatever N was.
+machine without one), runs the same stage on N processes through torch's launcher (torchrun,
+`torch.distributed.run --standalone`) and exits with their status. Each process finds its rank and
+the world size in its environment (gloo on CPUs, NCCL on GPUs; one GPU per process by LOCAL_RANK).
+`accelerate launch` is not used: with `--cpu` it starts a single process unless MPI is set up.
+transformers' Trainer shards the batches and all-reduces the gradients by itself; generation shards
+the dialogues (`shard`, `gather`). Files and DVCLive curves are written by rank 0 only
+(`is_main_process`), so the results look the same whatever N was.
 
 PPO is not among them: each step alternates sampling, scoring and updating on one small batch, which
 data parallelism would split into slivers too small to pay for their synchronisation.
@@ -15,9 +16,9 @@ data parallelism would split into slivers too small to pay for their synchronisa
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
-import sys
+from collections.abc import Mapping
 
 import torch
 
@@ -44,22 +45,44 @@ def check_num_processes(num_processes: int) -> None:
 
 
 def relaunch_if_parallel(num_processes: int, module: str, args: list[str] | None = None) -> None:
-    """Run `module` on `num_processes` processes under accelerate and exit, unless it is 1 or this
+    """Run `module` on `num_processes` processes and exit with their status, unless it is 1 or this
     process is already one of them; before any work, fail on more processes than devices."""
     if num_processes == 1 or launched():
         return
     check_num_processes(num_processes)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if not torch.cuda.is_available():
-        command.append("--cpu")
-    command += ["-m", module, *(args or [])]
-    result = subprocess.run(command, env={**os.environ, LAUNCHED: "1"})
-    raise SystemExit(result.returncode)
+    os.environ[LAUNCHED] = "1"
+    os.environ["OMP_NUM_THREADS"] = threads_per_process(num_processes, os.environ)
+    raise SystemExit(launch(launcher_args(num_processes, module, args or [])))
+
+
+def launcher_args(num_processes: int, module: str, args: list[str]) -> list[str]:
+    """torchrun's arguments for `num_processes` copies of `python -m module args` on this machine."""
+    return ["--standalone", "--nproc_per_node", str(num_processes), "-m", module, *args]
+
+
+def threads_per_process(num_processes: int, env: Mapping[str, str]) -> str:
+    """OMP_NUM_THREADS for each process: the user's, else an equal share of the cores (torchrun
+    would give each process one thread)."""
+    return env.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // num_processes))
+
+
+def launch(arguments: list[str]) -> int:
+    """Run torch's launcher (torchrun) with `arguments` in this process; return 0, or the exit
+    status of the first process that failed. Its own report of a failure (a traceback and a table)
+    is left out: each process has already printed its `error:` line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(arguments))
+    except ChildFailedError as exc:
+        return exc.get_first_failure()[1].exitcode or 1
+    return 0
 
 
 def rank_and_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:

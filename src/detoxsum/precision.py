@@ -93,7 +93,7 @@ def cpu_bf16_wins() -> bool:
 
 
 def default_device() -> torch.device:
-    """This process's GPU (one per process under `accelerate launch`), else the CPU."""
+    """This process's GPU (one per launched process), else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")

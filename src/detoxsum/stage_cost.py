@@ -113,7 +113,7 @@ class StageTimer:
 
         write_json_atomic(self.path, {
             "wall_s": round(wall_s, 1),
-            # Under `accelerate launch` each process counts its own share; the shares are equal.
+            # Launched on several processes, each counts its own share; the shares are equal.
             "tflop": round(self.counter.flops * self.processes / 1e12, 3),
             "processes": self.processes,
             **peak_memory_gb(),
@@ -124,7 +124,7 @@ class StageTimer:
 
 def peak_memory_gb() -> dict[str, float]:
     """This process's peak resident memory since it started (imports and model loads included), in
-    GB, and on a CUDA device the most torch allocated there. Under `accelerate launch` each process
+    GB, and on a CUDA device the most torch allocated there. Launched on several processes, each
     holds its own copy of the model: `processes` x this is the stage's footprint."""
     kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # Linux reports KiB
                     resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)

@@ -73,7 +73,7 @@ class TestSet:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def shard(self, rank: int, world: int) -> TestSet:
-        """This process's contiguous share under `accelerate launch` (`distributed.gather` rejoins them)."""
+        """This process's contiguous share of the launched processes (`distributed.gather` rejoins them)."""
         heated = None if self.heated is None else shard(self.heated, rank, world)
         return TestSet(*(shard(column, rank, world) for column in (self.dialogues, self.references, self.ids)), heated)
 

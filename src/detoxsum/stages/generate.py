@@ -7,7 +7,7 @@ variant's adapters and `data/filtered/test.jsonl`; writes `results/summaries/<va
 summaries in test order, the precision `base.precision` resolved to here, and the time taken.
 For `base`, also the greedy few-shot summaries of every `evaluate.shots` count above 0, with
 examples drawn from `data/filtered/train.jsonl` by `base.seed` (key `few_shot`).
-With `base.num_processes` > 1 the dialogues are shared out among processes (`accelerate launch`).
+With `base.num_processes` > 1 the dialogues are shared out among processes (distributed.py).
 """
 
 import sys

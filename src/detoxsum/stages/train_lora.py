@@ -16,7 +16,7 @@ from datasets import load_from_disk
 
 from detoxsum.checkpoints import checkpoint_dir, discard, fingerprint
 from detoxsum.config import load_stage_config
-from detoxsum.distributed import is_main_process, relaunch_if_parallel
+from detoxsum.distributed import is_main_process, rank_and_world, relaunch_if_parallel
 from detoxsum.errors import DataError
 from detoxsum.outputs import atomic_dir, open_live, run_stage, write_json_atomic
 from detoxsum.stages.paths import (
@@ -41,9 +41,10 @@ def main() -> None:
         raise DataError(f"{TOKENIZED_DIR}: not found; run the tokenize stage")
     features = load_from_disk(str(TOKENIZED_DIR))
     model, tokenizer, family, precision = load_for_training(MODEL_DIR, cfg.method, base.precision)
-    main_process = is_main_process()  # one of several under `accelerate launch`: only rank 0 writes
+    main_process = is_main_process()  # one of several launched processes: only rank 0 writes
+    processes = rank_and_world()[1]  # as launched, not as asked: the batch is split among these
     # Everything the trained adapter depends on: a checkpoint of another run is never resumed.
-    run = fingerprint(cfg, base.seed, precision, base.num_processes, features["train"]._fingerprint,
+    run = fingerprint(cfg, base.seed, precision, processes, features["train"]._fingerprint,
                       features["validation"]._fingerprint, model.config.to_dict())
     work_dir = checkpoint_dir("train_lora", run, CHECKPOINTS_DIR)
     # The tracked curves change only once the adapter is written (only process 0 writes any).
@@ -51,11 +52,11 @@ def main() -> None:
         callbacks = [StepAlignedDVCLiveCallback(lambda: open_live(curves_dir))] if main_process else []
         trained, metrics = train_lora(
             model, tokenizer, family, features["train"], features["validation"], cfg, base.seed, precision,
-            work_dir, callbacks=callbacks, processes=base.num_processes,
+            work_dir, callbacks=callbacks, processes=processes,
         )
         if not main_process:
             return
-        metrics.update(precision=precision, num_processes=base.num_processes)
+        metrics.update(precision=precision, num_processes=processes)
         with atomic_dir(LORA_DIR) as tmp:
             save_trained(trained, tokenizer, tmp)
         write_json_atomic(metrics_file("train_lora"), metrics)

@@ -208,7 +208,7 @@ def train_lora(
     `precision` is a resolved one (`fp32`, `bf16`, `fp16`; see precision.py): Trainer's autocast,
     with loss scaling for fp16. Batches group dialogues of similar length, so less of each step is
     padding. `cfg.batch_size` is the batch of one optimizer step over all `processes` (data
-    parallel under `accelerate launch`), so N processes train the same steps as one, N times wider.
+    parallel, distributed.py), so N processes train the same steps as one, N times wider.
     """
     if cfg.batch_size % processes:
         raise ParamsError(f"params key 'train_lora.batch_size' ({cfg.batch_size}) must be divisible by "
