@@ -5,10 +5,12 @@ import sys
 
 from detoxsum.distributed import gather, launcher_args, shard, threads_per_process
 
-# A module that reports its rank, or fails in rank 1 the way a stage does (an error line, status 3).
+# A module that reports its rank in a file of its own (the processes share stdout, where their lines
+# can interleave), or fails in rank 1 the way a stage does (an error line, status 3).
 RANK_REPORTER = """import os, sys
 rank, world = os.environ["RANK"], os.environ["WORLD_SIZE"]
-print("rank", rank, "of", world, "threads", os.environ["OMP_NUM_THREADS"], flush=True)
+with open(f"rank_{rank}.txt", "w") as report:
+    report.write(f"rank {rank} of {world} threads {os.environ['OMP_NUM_THREADS']}")
 if len(sys.argv) > 1 and rank == "1":
     print("error: params key 'x' is wrong", file=sys.stderr)
     raise SystemExit(3)
@@ -28,8 +30,8 @@ def test_two_processes_start_with_ranks_0_and_1_of_2(tmp_path):
     then did all the work alone on one thread."""
     result = launch_in_a_process(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    ranks = sorted(line for line in result.stdout.splitlines() if line.startswith("rank"))
-    assert ranks == ["rank 0 of 2 threads 1", "rank 1 of 2 threads 1"]
+    reports = sorted(path.read_text() for path in tmp_path.glob("rank_*.txt"))
+    assert reports == ["rank 0 of 2 threads 1", "rank 1 of 2 threads 1"]
 
 
 def test_a_failing_process_leaves_its_error_line_and_status_without_the_launchers_traceback(tmp_path):
